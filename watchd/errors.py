@@ -1,0 +1,100 @@
+"""The one error taxonomy of watchd, shared by every host and indexer client.
+
+Clients translate every failure (HTTP status, API code, network error) into exactly one
+of these classes, in one place per client; the pipeline decides what to do from the class
+alone and never looks at status codes or errno values::
+
+    WatchdError
+    ├── ServiceError                 something a remote service (or the way to it) answered
+    │   ├── TransientError           retry with backoff, then keep queued with a next-attempt time
+    │   ├── QuotaError               stop sending to that service until its daily reset
+    │   ├── ConfigurationError       stop using that service, report loudly, keep work queued
+    │   ├── PermanentFileError       this file (or payload item) can never succeed: fail it
+    │   └── AlreadyDoneError         the service already has it: record as done
+    └── ConfigError                  the local configuration is invalid (watchd check)
+
+Messages never contain secrets: clients build them from codes and API messages only.
+"""
+
+from __future__ import annotations
+
+
+class WatchdError(Exception):
+    """Base of every error watchd raises on purpose."""
+
+
+class ServiceError(WatchdError):
+    """A failure talking to a remote service, already classified.
+
+    `service` names the service ("imageban:me", "baidu"); `code` is the API's own code
+    (or HTTP status) as text, for logs and `status`, or "" when there is none.
+    """
+
+    def __init__(self, message: str, *, service: str = "", code: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.service = service
+        self.code = code
+
+    @property
+    def kind(self) -> str:
+        """Short class name used in the journal and in `status` ("transient", "quota", …)."""
+        return _kind_of(self)
+
+    def __str__(self) -> str:
+        where = f"{self.service}: " if self.service else ""
+        code = f" (code {self.code})" if self.code else ""
+        return f"{where}{self.message}{code}"
+
+
+class TransientError(ServiceError):
+    """Network errors, timeouts, HTTP 5xx/429 and the APIs' own "try again" codes.
+
+    `retry_after` is the server's Retry-After in seconds when it sent one.
+    """
+
+    def __init__(
+        self, message: str, *, service: str = "", code: str = "", retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, service=service, code=code)
+        self.retry_after = retry_after
+
+
+class QuotaError(ServiceError):
+    """The service's daily quota is used up; nothing more is sent until its reset."""
+
+
+class ConfigurationError(ServiceError):
+    """Credentials or account state are wrong; the service is paused until the config changes."""
+
+
+class PermanentFileError(ServiceError):
+    """This one file or payload item can never succeed as it is; never retried automatically."""
+
+
+class AlreadyDoneError(ServiceError):
+    """The service already holds what we asked for (duplicate push, delete of a missing id)."""
+
+
+class ConfigError(WatchdError):
+    """The local configuration is invalid; `problems` lists every problem found, one a line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+_KIND: dict[type, str] = {
+    TransientError: "transient",
+    QuotaError: "quota",
+    ConfigurationError: "configuration",
+    PermanentFileError: "permanent",
+    AlreadyDoneError: "already_done",
+}
+
+
+def _kind_of(error: ServiceError) -> str:
+    for cls, name in _KIND.items():
+        if isinstance(error, cls):
+            return name
+    return "transient"

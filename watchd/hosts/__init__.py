@@ -1,0 +1,1 @@
+"""Image hosts: one module per service, each implementing `watchd.hosts.base.Host`."""

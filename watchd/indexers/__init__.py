@@ -1,0 +1,1 @@
+"""Search indexers: one module per service, each implementing `watchd.indexers.base.Indexer`."""
