@@ -1,0 +1,267 @@
+"""The effective rules for a path: defaults < folders[].rules < rule files, top down.
+
+A rule file (`.watchd.yaml`) holds rules for its directory and everything below it; the
+nearest one wins key by key, and `sidecar` merges by sub-key. Rule files are cached by
+(mtime_ns, size) and re-read when either changes, so an edit takes effect without a
+restart even when no event arrives; `invalidate` covers filesystems whose mtime is too
+coarse to notice a quick same-size edit.
+
+Include/exclude globs are matched case-insensitively (cameras write `IMG_0001.JPG`)
+against both the bare file name and the path relative to the folder root, with
+`fnmatch` semantics: `*` also crosses "/", so `raw/*` and `raw/**` both mean everything
+below `raw/`, and a pattern ending in "/" means everything below that directory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import TypeVar
+
+from watchd.config import FolderSettings, Rules, Settings, SidecarRules, parse_rules
+from watchd.errors import ConfigError
+
+RULE_FILE_NAME = ".watchd.yaml"
+_T = TypeVar("_T")
+
+
+class RuleFileError(ConfigError):
+    """A rule file cannot be used (unreadable, bad YAML, unknown key, bad value, unknown host).
+
+    Raised for every path under it until it is fixed; `rule_file` is its path and each
+    problem names it with the line.
+    """
+
+    def __init__(self, rule_file: Path, problems: list[str]) -> None:
+        super().__init__(problems)
+        self.rule_file = rule_file
+
+
+@dataclass(frozen=True)
+class EffectiveRules:
+    """Every rule resolved for one file; templates are not rendered yet."""
+
+    host: str
+    album: str | None = None
+    tags: tuple[str, ...] = ()
+    copyright: bool = False
+    title: str = "{stem}"
+    fromurl: str = "{short_link}"
+    baidu: bool = False
+    delete: bool = True
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    sidecar_format: str = "json"
+    sidecar_name: str = "{name}.link.json"
+
+
+_DEFAULT = EffectiveRules(host="")
+
+
+def _effective(rules: Rules, settings: Settings) -> EffectiveRules:
+    """Fill what no layer set with the built-in defaults; `baidu` is on when Baidu is configured."""
+    sidecar = rules.sidecar or SidecarRules()
+    return EffectiveRules(
+        host=rules.host or settings.default_host,
+        album=rules.album,
+        tags=tuple(_pick(rules.tags, [])),
+        copyright=_pick(rules.copyright, _DEFAULT.copyright),
+        title=_pick(rules.title, _DEFAULT.title),
+        fromurl=_pick(rules.fromurl, _DEFAULT.fromurl),
+        baidu=settings.baidu is not None and _pick(rules.baidu, True),
+        delete=_pick(rules.delete, _DEFAULT.delete),
+        include=tuple(_pick(rules.include, list(_DEFAULT.include))),
+        exclude=tuple(_pick(rules.exclude, list(_DEFAULT.exclude))),
+        sidecar_format=_pick(sidecar.format, _DEFAULT.sidecar_format),
+        sidecar_name=_pick(sidecar.name, _DEFAULT.sidecar_name),
+    )
+
+
+def _pick(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
+
+
+def _matches(patterns: tuple[str, ...], relpath: str, name: str) -> bool:
+    for pattern in patterns:
+        pattern = pattern.lower().lstrip("/")
+        pattern = pattern + "*" if pattern.endswith("/") else pattern
+        if fnmatchcase(relpath.lower(), pattern) or fnmatchcase(name.lower(), pattern):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class _Cached:
+    key: tuple[int, int]
+    rules: Rules | None
+    problems: list[str]
+
+
+class RuleResolver:
+    """Answers "which folder, which rules, is it wanted" for paths. Safe to share between threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._cache: dict[Path, _Cached] = {}
+        self._lock = threading.Lock()
+
+    def folder_for(self, path: Path) -> FolderSettings | None:
+        """The watched folder holding `path` (directly, or below it when recursive), or None."""
+        for folder in self.settings.folders:
+            if path.parent == folder.path or (folder.recursive and folder.path in path.parents):
+                return folder
+        return None
+
+    def rules_for(self, path: Path) -> EffectiveRules:
+        """The effective rules for the file `path`; outside every folder, the defaults.
+
+        Raise RuleFileError if a rule file on the way down to it is broken.
+        """
+        folder = self.folder_for(path)
+        if folder is None:
+            return _effective(self.settings.defaults, self.settings)
+        return self._for_directory(folder, path.parent)
+
+    def is_candidate(self, path: Path) -> bool:
+        """Whether `path` is in a folder, matches `include` and no `exclude` glob.
+
+        Raise RuleFileError like `rules_for`.
+        """
+        folder = self.folder_for(path)
+        if folder is None:
+            return False
+        rules = self.rules_for(path)
+        relpath = path.relative_to(folder.path).as_posix()
+        return _matches(rules.include, relpath, path.name) and not _matches(rules.exclude, relpath, path.name)
+
+    def invalidate(self, path: Path) -> None:
+        """Forget every cached rule file at or below `path` (a rule file or a directory)."""
+        with self._lock:
+            for cached in [p for p in self._cache if p == path or path in p.parents]:
+                del self._cache[cached]
+
+    def _for_directory(self, folder: FolderSettings, directory: Path) -> EffectiveRules:
+        merged = folder.rules.over(self.settings.defaults)
+        nearest: Path | None = None
+        for rule_file in _rule_files(folder, directory):
+            rules = self._load(rule_file)
+            if rules is not None:
+                merged, nearest = rules.over(merged), rule_file
+        effective = _effective(merged, self.settings)
+        if nearest is not None and effective.album and self.settings.hosts[effective.host].auth == "guest":
+            raise RuleFileError(
+                nearest, [f"{nearest}: album needs an account host; {effective.host!r} is a guest host"]
+            )
+        return effective
+
+    def _load(self, rule_file: Path) -> Rules | None:
+        """The rules in `rule_file`, None if there is none; re-read when it changed."""
+        try:
+            info = os.stat(rule_file)
+        except (FileNotFoundError, NotADirectoryError):
+            with self._lock:
+                self._cache.pop(rule_file, None)
+            return None
+        except OSError as exc:
+            raise RuleFileError(rule_file, [f"{rule_file}: cannot read: {exc.strerror}"]) from exc
+        key = (info.st_mtime_ns, info.st_size)
+        with self._lock:
+            cached = self._cache.get(rule_file)
+        if cached is None or cached.key != key:
+            cached = self._parse(rule_file, key)
+            with self._lock:
+                self._cache[rule_file] = cached
+        if cached.problems:
+            raise RuleFileError(rule_file, cached.problems)
+        return cached.rules
+
+    def _parse(self, rule_file: Path, key: tuple[int, int]) -> _Cached:
+        try:
+            text = rule_file.read_text(encoding="utf-8")
+            return _Cached(key, parse_rules(text, str(rule_file), self.settings.hosts), [])
+        except ConfigError as exc:
+            return _Cached(key, None, exc.problems)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            return _Cached(key, None, [f"{rule_file}: cannot read: {reason} (fix it or remove it)"])
+
+
+def _rule_files(folder: FolderSettings, directory: Path) -> list[Path]:
+    """The rule files that apply in `directory`, from the folder root down."""
+    directories = [folder.path]
+    if folder.recursive:
+        for part in directory.relative_to(folder.path).parts:
+            directories.append(directories[-1] / part)
+    return [d / RULE_FILE_NAME for d in directories]
+
+
+def describe(settings: Settings) -> str:
+    """The hosts, Baidu, and the effective rules per folder and per rule file below it.
+
+    For `watchd check`: human-readable, never shows a secret.
+    """
+    lines = ["hosts:"]
+    for name, host in settings.hosts.items():
+        default = "  (default)" if name == settings.default_host else ""
+        credential = "secret key" if host.auth == "account" else "client id"
+        lines.append(
+            f"  {name}: {host.type}, {host.auth} auth ({credential}), {host.api_url}, "
+            f"{host.quota} uploads/day (day in {host.quota_reset_tz}){default}"
+        )
+    if settings.baidu is None:
+        lines.append("baidu: not configured (nothing is submitted)")
+    else:
+        quota = settings.baidu.daily_quota or "learned from the API"
+        lines.append(
+            f"baidu: {settings.baidu.api_base}, quota {quota} (day in {settings.baidu.quota_reset_tz})"
+        )
+    lines.append(f"state_dir: {settings.state_dir}; concurrency: {settings.concurrency}")
+    resolver = RuleResolver(settings)
+    for folder in settings.folders:
+        watch = {None: "auto", True: "polling", False: "inotify"}[folder.poll]
+        recursive = "recursive" if folder.recursive else "this directory only"
+        lines += ["", f"folder {folder.path} ({recursive}, watch: {watch})"]
+        if not folder.path.is_dir():
+            lines.append("  unavailable now (not a directory): watched once it appears")
+        for directory in _directories_with_rules(folder):
+            has_file = (directory / RULE_FILE_NAME).is_file()
+            lines.append(f"  {directory}/" + (f" (with {RULE_FILE_NAME})" if has_file else ""))
+            try:
+                rules = resolver._for_directory(folder, directory)
+            except RuleFileError as exc:
+                lines += [f"    BROKEN, files below are not uploaded: {problem}" for problem in exc.problems]
+                continue
+            lines += [f"    {line}" for line in _rule_lines(rules, settings)]
+    return "\n".join(lines)
+
+
+def _directories_with_rules(folder: FolderSettings) -> list[Path]:
+    """The folder root, then every directory below it that holds a rule file."""
+    found = [folder.path]
+    if folder.recursive and folder.path.is_dir():
+        for top, dirs, files in os.walk(folder.path):
+            dirs.sort()
+            if RULE_FILE_NAME in files and Path(top) != folder.path:
+                found.append(Path(top))
+    return found
+
+
+def _rule_lines(rules: EffectiveRules, settings: Settings) -> list[str]:
+    def yes(flag: bool) -> str:
+        return "yes" if flag else "no"
+
+    baidu = yes(rules.baidu) + ("" if settings.baidu is not None else " (Baidu is not configured)")
+    return [
+        f"host: {rules.host} ({settings.hosts[rules.host].auth})",
+        f"album: {rules.album or '-'}",
+        f"tags: {', '.join(rules.tags) or '-'}",
+        f"copyright: {yes(rules.copyright)}",
+        f"title: {rules.title!r}",
+        f"fromurl: {rules.fromurl!r}",
+        f"baidu: {baidu}; delete: {yes(rules.delete)}",
+        f"include: {' '.join(rules.include) or '-'}; exclude: {' '.join(rules.exclude) or '-'}",
+        f"sidecar: {rules.sidecar_format}, named {rules.sidecar_name!r}",
+    ]

@@ -1,0 +1,167 @@
+"""Link sidecar files: where they go, what they hold, and how they are written.
+
+A sidecar sits next to its original (`cat.png` → `cat.png.link.json` by default) and holds
+either a JSON record of the upload or a ready-to-paste snippet. It is always replaced
+atomically, so a reader sees the old or the new content, never a torn file. Originals are
+never touched here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from watchd.templates import render
+
+TEMP_MARKER = ".watchd-tmp-"
+"""Part of the name of every temp file `write_atomic` creates: the watcher ignores them."""
+
+SIDECAR_MODE = 0o644
+
+
+@dataclass(frozen=True)
+class SidecarRecord:
+    """Everything a sidecar can show about one uploaded original.
+
+    `uploaded_at` and `pushed_at` are ISO 8601 UTC; `baidu_id`/`pushed_at` are set only
+    once the image was submitted to Baidu.
+    """
+
+    original: Path
+    link: str
+    short_link: str
+    remote_id: str
+    host: str
+    sha256: str
+    size: int
+    resolution: str
+    uploaded_at: str
+    baidu_id: str | None = None
+    pushed_at: str | None = None
+
+
+def sidecar_path(original: Path, name_template: str, context: Mapping[str, str]) -> Path:
+    """Given an original and the sidecar name template, return the sidecar's path.
+
+    The sidecar always lives in the original's directory. Raise ValueError if the template
+    is invalid or renders to an empty name, a path (a separator, "." or ".."), or the
+    original's own name — a sidecar must never replace the image it describes.
+    """
+    name = render(name_template, context)
+    if not name or name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
+        raise ValueError(
+            f"sidecar name template {name_template!r} must produce a plain file name, got {name!r}"
+        )
+    if name == original.name:
+        raise ValueError(f"sidecar name template {name_template!r} produces the original's own name")
+    return original.with_name(name)
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>&!])")
+# Characters that may stay as they are in a URL placed in markdown, bbcode or html: the
+# reserved set minus the brackets, parentheses and quotes that end a link in those formats.
+_URL_SAFE = ":/?#@!$&'*+,;=%~"
+
+
+def _url(link: str) -> str:
+    return quote(link, safe=_URL_SAFE)
+
+
+def _json(record: SidecarRecord) -> str:
+    data: dict[str, object] = {
+        "name": record.original.name,
+        "link": record.link,
+        "short_link": record.short_link,
+        "id": record.remote_id,
+        "host": record.host,
+        "sha256": record.sha256,
+        "size": record.size,
+        "resolution": record.resolution,
+        "uploaded_at": record.uploaded_at,
+    }
+    if record.baidu_id is not None and record.pushed_at is not None:
+        data["baidu"] = {"id": record.baidu_id, "pushed_at": record.pushed_at}
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def _txt(record: SidecarRecord) -> str:
+    return record.link + "\n"
+
+
+def _md(record: SidecarRecord) -> str:
+    alt = _MD_SPECIAL.sub(r"\\\1", record.original.stem)
+    return f"![{alt}]({_url(record.link)})\n"
+
+
+def _bbcode(record: SidecarRecord) -> str:
+    return f"[url={_url(record.short_link)}][img]{_url(record.link)}[/img][/url]\n"
+
+
+def _html(record: SidecarRecord) -> str:
+    href = html.escape(_url(record.short_link))
+    src = html.escape(_url(record.link))
+    return f'<a href="{href}"><img src="{src}" alt="{html.escape(record.original.stem)}"></a>\n'
+
+
+_RENDERERS: dict[str, Callable[[SidecarRecord], str]] = {
+    "json": _json,
+    "txt": _txt,
+    "md": _md,
+    "bbcode": _bbcode,
+    "html": _html,
+}
+FORMATS: tuple[str, ...] = tuple(_RENDERERS)
+
+
+def render_sidecar(fmt: str, record: SidecarRecord) -> str:
+    """Return the sidecar text of `record` in format `fmt` (one of `FORMATS`).
+
+    json is a pretty-printed UTF-8 record; txt, md, bbcode and html are ready-to-paste
+    snippets with the URLs and the alt text escaped for their format. Raise ValueError
+    for an unknown format.
+    """
+    try:
+        renderer = _RENDERERS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown sidecar format {fmt!r}; use one of {', '.join(FORMATS)}") from None
+    return renderer(record)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` (UTF-8, mode 0644) so readers never see a partial file.
+
+    The text goes to `.{name}.watchd-tmp-{random}` in the same directory, is flushed and
+    fsynced, then renamed over `path`. The directory itself is not fsynced: if a crash
+    loses the rename, the journal still says the sidecar is due and reconciliation writes
+    it again. On any failure the temp file is removed and the error propagates, leaving
+    an existing sidecar untouched.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            os.fchmod(handle.fileno(), SIDECAR_MODE)
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def remove_sidecar(path: Path) -> bool:
+    """Delete a sidecar; return False if it was already gone. Other OS errors propagate."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
