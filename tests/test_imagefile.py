@@ -1,0 +1,179 @@
+"""`inspect_image` and `sha256_file` on real files: kinds, sizes, refusals, truncation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from tests import imagegen
+from watchd.errors import PermanentFileError
+from watchd.imagefile import HASH_CHUNK, ImageInfo, inspect_image, sha256_file
+
+MB = 1024 * 1024
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("maker", "kind", "mime"),
+    [
+        (imagegen.png, "png", "image/png"),
+        (imagegen.jpeg, "jpeg", "image/jpeg"),
+        (imagegen.gif, "gif", "image/gif"),
+    ],
+)
+def test_complete_images(tmp_path: Path, maker, kind: str, mime: str) -> None:
+    data = maker(37, 21)
+    info = inspect_image(write(tmp_path, f"x.{kind}", data))
+    assert info == ImageInfo(kind=kind, mime=mime, size=len(data), width=37, height=21, complete=True)
+
+
+def test_jpeg_frame_header_found_after_large_segments(tmp_path: Path) -> None:
+    info = inspect_image(write(tmp_path, "big.jpg", imagegen.jpeg(640, 480, extra_bytes=200_000)))
+    assert (info.width, info.height, info.complete) == (640, 480, True)
+
+
+@pytest.mark.parametrize("maker", [imagegen.png, imagegen.jpeg, imagegen.gif])
+@pytest.mark.parametrize("cut", [1, 5])
+def test_truncated_tail_is_incomplete(tmp_path: Path, maker, cut: int) -> None:
+    data = maker(16, 16, extra_bytes=100)
+    info = inspect_image(write(tmp_path, "cut", data[:-cut]))
+    assert info.complete is False
+    assert (info.width, info.height) == (16, 16)
+
+
+@pytest.mark.parametrize("maker", [imagegen.png, imagegen.jpeg, imagegen.gif])
+@pytest.mark.parametrize("keep", [1, 3, 8, 15])
+def test_file_cut_inside_the_header_is_incomplete_not_refused(tmp_path: Path, maker, keep: int) -> None:
+    info = inspect_image(write(tmp_path, "early", maker(16, 16, extra_bytes=300)[:keep]))
+    assert info.complete is False
+    dimensions_known = maker is imagegen.gif and keep >= 10  # GIF's logical screen is in its first 10 bytes
+    assert (info.width, info.height) == ((16, 16) if dimensions_known else (0, 0))
+
+
+def test_jpeg_cut_inside_padding_before_frame_header(tmp_path: Path) -> None:
+    data = imagegen.jpeg(16, 16, extra_bytes=5000)
+    info = inspect_image(write(tmp_path, "early.jpg", data[:2000]))
+    assert (info.kind, info.width, info.complete) == ("jpeg", 0, False)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    with pytest.raises(PermanentFileError, match=r"empty \(0 bytes\): copy the file again"):
+        inspect_image(write(tmp_path, "empty.png", b""))
+
+
+def test_too_large_says_size_in_mb(tmp_path: Path) -> None:
+    path = write(tmp_path, "huge.png", imagegen.png(4, 4, extra_bytes=int(12.4 * MB)))
+    with pytest.raises(
+        PermanentFileError, match=r"huge\.png is 12\.4 MB, larger than the 10 MB .*recompress"
+    ):
+        inspect_image(path)
+
+
+def test_max_bytes_is_inclusive(tmp_path: Path) -> None:
+    data = imagegen.png(4, 4)
+    assert inspect_image(write(tmp_path, "a.png", data), max_bytes=len(data)).complete
+    with pytest.raises(PermanentFileError, match="larger than"):
+        inspect_image(tmp_path / "a.png", max_bytes=len(data) - 1)
+
+
+@pytest.mark.parametrize(
+    ("data", "looks_like"),
+    [
+        (b"RIFF\x10\x00\x00\x00WEBPVP8 ", "a WebP image"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "a HEIC image"),
+        (b"\x00\x00\x00\x18ftypavif\x00\x00\x00\x00", "an AVIF image"),
+        (b"BM\x36\x00\x00\x00\x00\x00", "a BMP image"),
+        (b"II*\x00\x08\x00\x00\x00", "a TIFF image"),
+        (b"MM\x00*\x00\x00\x00\x08", "a TIFF image"),
+        (b"%PDF-1.7\n", "a PDF document"),
+        (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "an SVG drawing"),
+        ("hello, это текст\n".encode(), "text"),
+        (b"\x00\x01\x02\x03\xfe\xfd", "an unknown binary format"),
+    ],
+)
+def test_not_an_image_says_what_it_looks_like(tmp_path: Path, data: bytes, looks_like: str) -> None:
+    with pytest.raises(PermanentFileError) as caught:
+        inspect_image(write(tmp_path, "photo.jpg", data))
+    assert caught.value.message == (
+        f"photo.jpg looks like {looks_like}, not a JPEG, PNG or GIF: convert it to one of those to upload it"
+    )
+
+
+def test_non_image_refused_before_size_check(tmp_path: Path) -> None:
+    path = write(tmp_path, "big.txt", b"a" * (11 * MB))
+    with pytest.raises(PermanentFileError, match="looks like text"):
+        inspect_image(path)
+
+
+def test_damaged_headers(tmp_path: Path) -> None:
+    png = bytearray(imagegen.png(4, 4))
+    png[12:16] = b"IHDX"
+    with pytest.raises(PermanentFileError, match="damaged PNG"):
+        inspect_image(write(tmp_path, "d.png", bytes(png)))
+    jpeg = b"\xff\xd8" + b"\xff\xda\x00\x08" + bytes(6) + b"\xff\xd9"  # scan before any frame header
+    with pytest.raises(PermanentFileError, match="damaged JPEG"):
+        inspect_image(write(tmp_path, "d.jpg", jpeg))
+    with pytest.raises(PermanentFileError, match="damaged JPEG"):
+        inspect_image(write(tmp_path, "e.jpg", b"\xff\xd8\xff\xe0\x00\x10" + bytes(14) + b"garbage\xff\xd9"))
+
+
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # chmod 0 does not stop root (CI runs as root), so the refusal is simulated at open().
+    path = write(tmp_path, "secret.png", imagegen.png(4, 4))
+
+    def refuse(self: Path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(PermanentFileError, match=r"cannot read .*secret\.png: Permission denied; check"):
+        inspect_image(path)
+    with pytest.raises(PermanentFileError, match="Permission denied"):
+        sha256_file(path)
+
+
+def test_directory_is_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(PermanentFileError, match=r"cannot read .*: Is a directory"):
+        inspect_image(tmp_path)
+
+
+def test_missing_file_is_gone_not_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        inspect_image(tmp_path / "nope.png")
+    with pytest.raises(FileNotFoundError):
+        sha256_file(tmp_path / "nope.png")
+
+
+def test_inspect_reads_only_head_and_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "big.png", imagegen.png(8, 8, extra_bytes=5 * MB))
+    read_sizes: list[int] = []
+    real_open = Path.open
+
+    def spying_open(self: Path, *args, **kwargs):
+        f = real_open(self, *args, **kwargs)
+        real_read = f.read
+
+        def read(n: int = -1) -> bytes:
+            data = real_read(n)
+            read_sizes.append(len(data))
+            return data
+
+        f.read = read
+        return f
+
+    monkeypatch.setattr(Path, "open", spying_open)
+    assert inspect_image(path).complete
+    assert sum(read_sizes) < 200
+
+
+def test_sha256_streams_in_chunks(tmp_path: Path) -> None:
+    data = os.urandom(2 * HASH_CHUNK + 12345)
+    assert sha256_file(write(tmp_path, "blob", data)) == hashlib.sha256(data).hexdigest()
+    assert HASH_CHUNK == MB

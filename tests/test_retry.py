@@ -1,0 +1,163 @@
+"""The retry wrapper: what is retried, how long it waits, what it logs; and the queue backoff."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import pytest
+
+from watchd.errors import ConfigurationError, PermanentFileError, QuotaError, TransientError
+from watchd.retry import backoff_delay, call_with_retry, parse_retry_after
+
+
+def failing(errors: list[Exception], result: str = "ok") -> tuple[Callable[[], str], list[int]]:
+    """A function that raises `errors` in turn, then returns `result`; and its call counter."""
+    calls: list[int] = []
+
+    def fn() -> str:
+        calls.append(1)
+        if errors:
+            raise errors.pop(0)
+        return result
+
+    return fn, calls
+
+
+def transient(code: str = "503", retry_after: float | None = None) -> TransientError:
+    return TransientError("busy", service="imageban:me", code=code, retry_after=retry_after)
+
+
+def test_success_first_time_does_not_sleep() -> None:
+    sleeps: list[float] = []
+    fn, calls = failing([])
+    assert call_with_retry(fn, sleep=sleeps.append) == "ok"
+    assert (len(calls), sleeps) == (1, [])
+
+
+def test_transient_then_success(caplog: pytest.LogCaptureFixture) -> None:
+    sleeps: list[float] = []
+    fn, calls = failing([transient(), transient()])
+    with caplog.at_level(logging.INFO, logger="watchd.retry"):
+        assert call_with_retry(fn, sleep=sleeps.append, describe="upload of cat.png") == "ok"
+    assert len(calls) == 3
+    assert len(sleeps) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert warnings[0].startswith("upload of cat.png: attempt 1/3 failed (TransientError code 503: ")
+    assert "retrying in" in warnings[0]
+    assert "attempt 2/3" in warnings[1]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert infos == ["upload of cat.png: succeeded on attempt 3/3"]
+
+
+def test_exhausted_reraises_last_transient() -> None:
+    sleeps: list[float] = []
+    errors: list[Exception] = [transient("500"), transient("502"), transient("504"), transient("999")]
+    fn, calls = failing(errors)
+    with pytest.raises(TransientError) as caught:
+        call_with_retry(fn, attempts=3, sleep=sleeps.append)
+    assert caught.value.code == "504"
+    assert (len(calls), len(sleeps)) == (3, 2)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        QuotaError("q", code="108"),
+        ConfigurationError("c", code="105"),
+        PermanentFileError("p", code="103"),
+        ValueError("a bug"),
+        FileNotFoundError("gone"),
+    ],
+)
+def test_non_transient_errors_pass_through_at_once(error: Exception) -> None:
+    sleeps: list[float] = []
+    fn, calls = failing([error])
+    with pytest.raises(type(error)) as caught:
+        call_with_retry(fn, sleep=sleeps.append)
+    assert caught.value is error
+    assert (len(calls), sleeps) == (1, [])
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pin the jitter to its upper bound to see the exponential envelope.
+    monkeypatch.setattr("random.uniform", lambda low, high: high)
+    sleeps: list[float] = []
+    fn, _ = failing([transient() for _ in range(5)])
+    call_with_retry(fn, attempts=6, initial=0.5, maximum=3.0, sleep=sleeps.append)
+    assert sleeps == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_jitter_stays_within_envelope() -> None:
+    sleeps: list[float] = []
+    fn, _ = failing([transient() for _ in range(40)])
+    call_with_retry(fn, attempts=41, initial=0.5, maximum=4.0, sleep=sleeps.append)
+    assert all(0 <= s <= 4.0 for s in sleeps)
+    assert len(set(sleeps)) > 30  # jittered, not a fixed schedule
+
+
+def test_retry_after_is_a_floor() -> None:
+    sleeps: list[float] = []
+    fn, _ = failing([transient("429", retry_after=7.0)])
+    assert call_with_retry(fn, initial=0.1, maximum=30.0, sleep=sleeps.append) == "ok"
+    assert sleeps == [7.0]
+
+
+def test_retry_after_longer_than_maximum_gives_up_at_once() -> None:
+    sleeps: list[float] = []
+    fn, calls = failing([transient("429", retry_after=600.0)])
+    with pytest.raises(TransientError) as caught:
+        call_with_retry(fn, maximum=30.0, sleep=sleeps.append)
+    assert caught.value.retry_after == 600.0
+    assert (len(calls), sleeps) == (1, [])
+
+
+def test_retry_log_holds_no_secret(caplog: pytest.LogCaptureFixture) -> None:
+    fn, _ = failing([transient()])
+    with caplog.at_level(logging.WARNING, logger="watchd.retry"):
+        call_with_retry(fn, sleep=lambda _: None, describe="Baidu push of 3")
+    (record,) = caplog.records
+    assert "imageban:me: busy (code 503)" in record.getMessage()
+
+
+def test_works_with_a_fake_host(tmp_path) -> None:
+    from tests.fakes import FakeHost
+    from tests.imagegen import png
+    from watchd.hosts.base import UploadRequest
+
+    path = tmp_path / "a.png"
+    path.write_bytes(png(3, 3))
+    host = FakeHost("fake")
+    host.fail_next.append(transient("104"))
+    uploaded = call_with_retry(lambda: host.upload(UploadRequest(path, "a.png")), sleep=lambda _: None)
+    assert uploaded.resolution == "3x3"
+    assert host.calls == 2
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 5, 20])
+def test_backoff_delay_equal_jitter(attempt: int) -> None:
+    step = min(3600.0, 30.0 * 2 ** (attempt - 1))
+    delays = [backoff_delay(attempt) for _ in range(200)]
+    assert all(step / 2 <= d <= step for d in delays)
+    assert max(delays) - min(delays) > step / 10
+
+
+def test_backoff_delay_custom_bounds_and_attempt_zero() -> None:
+    assert 5.0 <= backoff_delay(0, initial=10.0) <= 10.0
+    assert 50.0 <= backoff_delay(99, initial=10.0, maximum=100.0) <= 100.0
+
+
+def test_parse_retry_after() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(" 0 ") == 0.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("") is None
+    assert parse_retry_after("soon") is None
+    later = format_datetime(datetime(2026, 1, 1, 12, 1, 30, tzinfo=UTC), usegmt=True)
+    assert parse_retry_after(later, now=now) == 90.0
+    earlier = format_datetime(datetime(2026, 1, 1, 11, 0, 0, tzinfo=UTC), usegmt=True)
+    assert parse_retry_after(earlier, now=now) == 0.0

@@ -1,0 +1,216 @@
+"""What a local file is, from its first bytes and its last ones: kind, size, dimensions, completeness.
+
+ImageBan accepts JPEG, PNG and GIF of at most 10 MB, so every file is checked here before
+any upload. Only the header (for JPEG: the segment headers up to the frame header) and the
+last bytes are read, never the whole file, so checking a large file or one still being
+written is cheap. Every refusal is a `PermanentFileError` whose message says what is wrong
+and what to do about it; a file that merely ends too early is not refused but reported with
+`complete=False`, because only the caller knows whether it is still being written.
+
+A file that does not exist (any more) raises `FileNotFoundError` unchanged: that is "gone",
+not "unreadable", and the callers treat it so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from watchd.errors import PermanentFileError
+
+MAX_BYTES = 10 * 1024 * 1024
+HASH_CHUNK = 1024 * 1024
+_HEAD = 64
+
+_MIME = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"
+# JPEG start-of-frame markers (they carry the dimensions); C4, C8 and CC are not frames.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+_JPEG_SOS = 0xDA
+
+# What a non-image looks like, for the refusal message: (offset, magic bytes, description).
+_LOOKS_LIKE: tuple[tuple[int, bytes, str], ...] = (
+    (8, b"WEBP", "a WebP image"),
+    (4, b"ftypheic", "a HEIC image"),
+    (4, b"ftypheix", "a HEIC image"),
+    (4, b"ftypmif1", "a HEIF image"),
+    (4, b"ftypavif", "an AVIF image"),
+    (4, b"ftyp", "a video or other ISO media file"),
+    (0, b"II*\x00", "a TIFF image"),
+    (0, b"MM\x00*", "a TIFF image"),
+    (0, b"BM", "a BMP image"),
+    (0, b"\x00\x00\x01\x00", "an ICO icon"),
+    (0, b"8BPS", "a Photoshop document"),
+    (0, b"\xff\x0a", "a JPEG XL image"),
+    (4, b"JXL ", "a JPEG XL image"),
+    (0, b"%PDF", "a PDF document"),
+    (0, b"PK\x03\x04", "a ZIP archive (or an office document)"),
+    (0, b"\x1f\x8b", "a gzip archive"),
+    (0, b"<svg", "an SVG drawing"),
+)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An accepted image file.
+
+    `width`/`height` are 0 when the file ends before its header does (`complete` is then
+    False). `complete` is False when the file is structurally truncated: PNG without the
+    IEND chunk at the end, JPEG not ending with FFD9, GIF not ending with 0x3B.
+    """
+
+    kind: str
+    mime: str
+    size: int
+    width: int
+    height: int
+    complete: bool
+
+
+def inspect_image(path: Path, max_bytes: int = MAX_BYTES) -> ImageInfo:
+    """Given a path, return what kind of image it is, its size, dimensions and completeness.
+
+    Raise `PermanentFileError` (message says why and what to do) if the file is empty,
+    larger than `max_bytes`, not a JPEG/PNG/GIF, has a damaged header, or cannot be read.
+    Raise `FileNotFoundError` if it does not exist.
+    """
+    with _opened(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise PermanentFileError(f"{path.name} is empty (0 bytes): copy the file again")
+        head = f.read(_HEAD)
+        kind = _kind_of(head)
+        if kind is None:
+            raise PermanentFileError(
+                f"{path.name} looks like {_looks_like(head)}, not a JPEG, PNG or GIF: "
+                "convert it to one of those to upload it"
+            )
+        if size > max_bytes:
+            raise PermanentFileError(
+                f"{path.name} is {size / 1024 / 1024:.1f} MB, larger than the "
+                f"{max_bytes / 1024 / 1024:g} MB ImageBan accepts: resize or recompress it"
+            )
+        dimensions = _jpeg_dimensions(f, path) if kind == "jpeg" else _header_dimensions(kind, head, path)
+        end = f.seek(0, os.SEEK_END)  # the current end: the file may still be growing
+        f.seek(max(0, end - len(_PNG_END)))
+        tail = f.read(len(_PNG_END))
+    complete = dimensions is not None and _ends_well(kind, tail)
+    width, height = dimensions or (0, 0)
+    return ImageInfo(kind, _MIME[kind], size, width, height, complete)
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex SHA-256 of the file's content, read in 1 MiB chunks (never whole).
+
+    Raise `PermanentFileError` if it cannot be read, `FileNotFoundError` if it is gone.
+    """
+    digest = hashlib.sha256()
+    with _opened(path) as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[BinaryIO]:
+    """Open for reading; the one place read errors become `PermanentFileError`."""
+    try:
+        with path.open("rb") as f:
+            yield f
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise PermanentFileError(
+            f"cannot read {path}: {reason}; check its permissions (the service user must be able to read it)"
+        ) from exc
+
+
+def _kind_of(head: bytes) -> str | None:
+    # A file still being written may hold fewer bytes than a full signature: a prefix counts.
+    if head.startswith(b"\xff\xd8\xff") or b"\xff\xd8\xff".startswith(head):
+        return "jpeg"
+    if head.startswith(_PNG_SIGNATURE) or _PNG_SIGNATURE.startswith(head):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a") or any(sig.startswith(head) for sig in (b"GIF87a", b"GIF89a")):
+        return "gif"
+    return None
+
+
+def _looks_like(head: bytes) -> str:
+    for offset, magic, description in _LOOKS_LIKE:
+        if head[offset : offset + len(magic)] == magic:
+            return description
+    if head.lstrip().lower().startswith(b"<?xml") and b"<svg" in head.lower():
+        return "an SVG drawing"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "an unknown binary format"
+    return "text" if b"\x00" not in head else "an unknown binary format"
+
+
+def _header_dimensions(kind: str, head: bytes, path: Path) -> tuple[int, int] | None:
+    """PNG (IHDR right after the signature) and GIF (logical screen) dimensions, or None if cut short."""
+    if kind == "gif":
+        return struct.unpack("<HH", head[6:10]) if len(head) >= 10 else None
+    if len(head) < 24:
+        return None
+    if head[12:16] != b"IHDR":
+        raise PermanentFileError(f"{path.name} is a damaged PNG (no IHDR header chunk): export it again")
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
+
+
+def _jpeg_dimensions(f: BinaryIO, path: Path) -> tuple[int, int] | None:
+    """Walk the JPEG segment headers (seeking over their bodies) to the frame header.
+
+    Return None if the file ends first (still being written, or cut short).
+    """
+    damaged = PermanentFileError(f"{path.name} is a damaged JPEG (no valid frame header): export it again")
+    f.seek(2)
+    while True:
+        prefix = f.read(1)
+        if not prefix:
+            return None
+        if prefix != b"\xff":
+            raise damaged
+        marker = f.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = f.read(1)
+        if not marker:
+            return None
+        code = marker[0]
+        if code in _JPEG_STANDALONE:
+            continue
+        if code == _JPEG_SOS:
+            raise damaged
+        length_bytes = f.read(2)
+        if len(length_bytes) < 2:
+            return None
+        (length,) = struct.unpack(">H", length_bytes)
+        if length < 2:
+            raise damaged
+        if code in _JPEG_SOF:
+            frame = f.read(5)
+            if len(frame) < 5:
+                return None
+            height, width = struct.unpack(">HH", frame[1:5])
+            return width, height
+        f.seek(length - 2, os.SEEK_CUR)
+
+
+def _ends_well(kind: str, tail: bytes) -> bool:
+    if kind == "png":
+        return tail.endswith(_PNG_END)
+    if kind == "jpeg":
+        return tail.endswith(b"\xff\xd9")
+    return tail.endswith(b"\x3b")

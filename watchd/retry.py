@@ -1,0 +1,118 @@
+"""Retrying transient failures: short retries inside one call, and the delay before the next one.
+
+Clients never retry by themselves; the pipeline wraps each single call in `call_with_retry`
+(a few quick attempts with tenacity), and when those are exhausted it stores a next-attempt
+time from `backoff_delay` in the journal, so long waits never hold a worker.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
+
+from watchd.errors import TransientError
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    *,
+    attempts: int = 3,
+    initial: float = 0.5,
+    maximum: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+    describe: str = "",
+) -> T:
+    """Return `fn()`, calling it up to `attempts` times while it raises `TransientError`.
+
+    Waits between attempts are exponential with full jitter (uniform in 0..initial·2ⁿ⁻¹,
+    capped at `maximum`) and never shorter than the error's `retry_after`. When the server
+    asks for a longer wait than `maximum`, no further attempt is made: the error is raised
+    at once so the caller can defer by `retry_after` instead of blocking. Each retry is
+    logged once at WARNING, a success after retries once at INFO. Raise the last
+    `TransientError` when attempts are exhausted; any other exception passes through at once.
+    """
+    what = describe or getattr(fn, "__name__", "call")
+    jitter = wait_random_exponential(multiplier=initial, max=maximum)
+
+    def stop(state: RetryCallState) -> bool:
+        return state.attempt_number >= attempts or _retry_after(state) > maximum
+
+    def wait(state: RetryCallState) -> float:
+        return max(jitter(state), _retry_after(state))
+
+    def log_retry(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        code = f" code {error.code}" if isinstance(error, TransientError) and error.code else ""
+        log.warning(
+            "%s: attempt %d/%d failed (%s%s: %s); retrying in %.1f s",
+            what,
+            state.attempt_number,
+            attempts,
+            type(error).__name__,
+            code,
+            error,
+            delay,
+        )
+
+    retrying = Retrying(
+        stop=stop,
+        wait=wait,
+        retry=retry_if_exception_type(TransientError),
+        sleep=sleep,
+        before_sleep=log_retry,
+        reraise=True,
+    )
+    result = retrying(fn)
+    tries = retrying.statistics.get("attempt_number", 1)
+    if tries > 1:
+        log.info("%s: succeeded on attempt %d/%d", what, tries, attempts)
+    return result
+
+
+def backoff_delay(attempt: int, *, initial: float = 30.0, maximum: float = 3600.0) -> float:
+    """Return the seconds to wait before attempt number `attempt + 1` of queued work.
+
+    Exponential (initial·2ⁿ⁻¹, capped at `maximum`) with "equal jitter": at least half the
+    step, so a queue never comes back almost at once, and spread over the other half so
+    items deferred together do not all return together.
+    """
+    step = min(maximum, initial * 2 ** max(0, attempt - 1))
+    return step / 2 + random.uniform(0, step / 2)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Return the seconds an HTTP `Retry-After` header asks for, or None if absent or unreadable.
+
+    The header holds either delta-seconds or an HTTP date; a date in the past means 0.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _retry_after(state: RetryCallState) -> float:
+    error = state.outcome.exception() if state.outcome else None
+    if isinstance(error, TransientError) and error.retry_after is not None:
+        return error.retry_after
+    return 0.0
