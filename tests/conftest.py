@@ -1,0 +1,141 @@
+"""Shared fixtures: the emulator over loopback, configs in temp dirs, the real daemon as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watchd.emulator import Emulator
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that collected no tests is a failure, never a silent pass."""
+    if session.testscollected == 0:
+        session.exitstatus = 1
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll until `predicate()` is truthy; fail the test with a clear message on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator() as emu:
+        yield emu
+
+
+def write_config(
+    path: Path,
+    emulator: Emulator,
+    folders: list[dict[str, Any]],
+    *,
+    state_dir: Path,
+    baidu: bool = True,
+    extra: str = "",
+    linger: float = 0.2,
+) -> Path:
+    """A config with an account host `me`, a guest host `guest`, Baidu, and `folders`."""
+    lines = [
+        f"state_dir: {json.dumps(str(state_dir))}",
+        "hosts:",
+        "  me:",
+        "    type: imageban",
+        "    secret_key: ${TEST_SECRET_KEY:-demo-secret}",
+        f"    api_url: {emulator.imageban_url}",
+        "  guest:",
+        "    type: imageban",
+        "    client_id: ${TEST_CLIENT_ID:-demo-client}",
+        f"    api_url: {emulator.imageban_url}",
+    ]
+    if baidu:
+        lines += [
+            "baidu:",
+            "  app_id: demo-app",
+            "  app_token: ${TEST_APP_TOKEN:-demo-token}",
+            f"  api_base: {emulator.baidu_url}",
+            f"  linger: {linger}",
+        ]
+    lines += ["defaults:", "  host: me", "folders:"]
+    for folder in folders:
+        lines.append(f"  - path: {json.dumps(str(folder['path']))}")
+        if "rules" in folder:
+            lines.append(f"    rules: {json.dumps(folder['rules'])}")
+        for key in ("recursive", "poll", "poll_interval"):
+            if key in folder:
+                lines.append(f"    {key}: {json.dumps(folder[key])}")
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+class Daemon:
+    """`watchd run` as a real process, with its log captured in a file."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "watchd", "run", "-c", str(self.config), "--log-format", "json"],
+            stdout=self._log,
+            stderr=self._log,
+            env=self.env,
+        )
+        wait_for(lambda: "watching" in self.log(), timeout=20)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "watchd", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Started daemons are collected here and killed at the end of the test whatever happens."""
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        if daemon.alive():
+            daemon.stop(signal.SIGKILL)

@@ -1,0 +1,186 @@
+"""Baidu submission and withdrawal end to end, against the emulator over loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, run_cli, wait_for, write_config
+from tests.imagegen import png
+from watchd.config import load_settings
+from watchd.emulator import Emulator
+from watchd.engine import Engine
+
+
+def sidecar_of(path: Path) -> Path:
+    return path.with_name(path.name + ".link.json")
+
+
+def pushes(emulator: Emulator) -> list:
+    return [c for c in emulator.baidu_calls() if c.endpoint == "pushPic"]
+
+
+def deletes(emulator: Emulator) -> list:
+    return [c for c in emulator.baidu_calls() if c.endpoint == "delPic"]
+
+
+@pytest.fixture
+def setup(tmp_path: Path, emulator: Emulator) -> tuple[Path, Path, Path]:
+    public = tmp_path / "public"
+    private = tmp_path / "private"
+    public.mkdir()
+    private.mkdir()
+    config = write_config(
+        tmp_path / "config.yaml",
+        emulator,
+        [
+            {
+                "path": public,
+                "rules": {"tags": ["a", "b"], "copyright": True, "title": "{stem} in high resolution"},
+            },
+            {"path": private, "rules": {"baidu": False}},
+        ],
+        state_dir=tmp_path / "state",
+        linger=1.0,
+    )
+    return config, public, private
+
+
+def test_45_images_are_pushed_once_each_in_batches_of_20_20_5(
+    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    config, public, private = setup
+    daemon = Daemon(config, tmp_path / "d.log").start()
+    daemons.append(daemon)
+    for n in range(45):
+        (public / f"img{n:02d}.png").write_bytes(png(n + 1, 7))
+    for n in range(3):
+        (private / f"private{n}.png").write_bytes(png(n + 1, 9))
+    wait_for(lambda: sum(len(c.items) for c in pushes(emulator) if c.errno == 0) >= 45, timeout=30)
+    time.sleep(1.5)
+    calls = pushes(emulator)
+    assert [len(c.items) for c in calls] == [20, 20, 5]
+    items = [item for call in calls for item in call.items]
+    links = {u.link for u in emulator.uploads() if u.name.startswith("img")}
+    assert {item["objurl"] for item in items} == links
+    assert len({item["id"] for item in items}) == 45
+    assert all(item["tags"] == "a#b" and item["copyright"] == 1 for item in items)
+    assert all(item["extra"]["modify"] == "0" for item in items)
+    assert all(item["title"].endswith(" in high resolution") for item in items)
+    sidecar = json.loads(sidecar_of(public / "img00.png").read_text(encoding="utf-8"))
+    wait_for(lambda: "baidu" in json.loads(sidecar_of(public / "img44.png").read_text(encoding="utf-8")))
+    sidecar = json.loads(sidecar_of(public / "img00.png").read_text(encoding="utf-8"))
+    assert sidecar["baidu"]["id"] in {item["id"] for item in items}
+    assert all(sidecar_of(private / f"private{n}.png").exists() for n in range(3))
+    assert daemon.stop() == 0
+
+
+def test_modify_rename_and_delete(
+    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    config, public, _private = setup
+    daemon = Daemon(config, tmp_path / "d.log").start()
+    daemons.append(daemon)
+    original = public / "cat photo.png"
+    original.write_bytes(png(10, 10))
+    wait_for(lambda: pushes(emulator))
+    first_id = pushes(emulator)[0].items[0]["id"]
+
+    original.write_bytes(png(11, 10))  # content change
+    wait_for(lambda: len(pushes(emulator)) == 2)
+    modify = pushes(emulator)[1].items[0]
+    assert modify["id"] == first_id and modify["extra"]["modify"] == "1"
+    assert len(emulator.uploads()) == 2
+
+    renamed = public / "sub" / "renamed cat.png"
+    renamed.parent.mkdir()
+    os.rename(original, renamed)
+    wait_for(lambda: sidecar_of(renamed).exists())
+    assert not sidecar_of(original).exists()
+    time.sleep(1.5)
+    assert len(emulator.uploads()) == 2 and not deletes(emulator)
+
+    renamed.unlink()
+    wait_for(lambda: deletes(emulator))
+    assert deletes(emulator)[0].items == [{"type": "id", "key": first_id}]
+    wait_for(lambda: not sidecar_of(renamed).exists())
+    assert daemon.stop() == 0
+
+
+def test_deleting_12_withdraws_in_calls_of_10_and_2_also_while_stopped(
+    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    config, public, _private = setup
+    files = [public / f"d{n}.png" for n in range(30)]
+    for n, path in enumerate(files):
+        path.write_bytes(png(n + 1, 3))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    daemon = Daemon(config, tmp_path / "d.log").start()
+    daemons.append(daemon)
+    for path in files[:12]:
+        path.unlink()
+    wait_for(lambda: sum(len(c.items) for c in deletes(emulator)) == 12)
+    assert sorted(len(c.items) for c in deletes(emulator)) == [2, 10]
+    assert not any(sidecar_of(p).exists() for p in files[:12])
+    assert daemon.stop() == 0
+
+    for path in files[12:15]:
+        path.unlink()
+    daemon = Daemon(config, tmp_path / "d2.log").start()
+    daemons.append(daemon)
+    wait_for(lambda: sum(len(c.items) for c in deletes(emulator)) == 15)
+    assert emulator.uploads().__len__() == 30
+    assert daemon.stop() == 0
+
+
+def test_a_vanished_root_withdraws_nothing(
+    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    config, public, _private = setup
+    for n in range(5):
+        (public / f"v{n}.png").write_bytes(png(n + 2, 2))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    daemon = Daemon(config, tmp_path / "d.log").start()
+    daemons.append(daemon)
+    os.rename(public, tmp_path / "unmounted")
+    time.sleep(3)
+    assert daemon.stop() == 0
+    daemon = Daemon(config, tmp_path / "d2.log").start()  # starting with the root missing
+    daemons.append(daemon)
+    time.sleep(3)
+    assert deletes(emulator) == []
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert status["folders"][0]["available"] is False
+    os.rename(tmp_path / "unmounted", public)
+    time.sleep(2)
+    assert deletes(emulator) == []
+    assert daemon.stop() == 0
+
+
+def test_quota_pauses_baidu_until_the_reset_then_resumes(
+    setup: tuple[Path, Path, Path], emulator: Emulator
+) -> None:
+    config, public, _private = setup
+    now = [1_800_000_000.0]
+    emulator.set_faults(baidu_quota=3)
+    for n in range(5):
+        (public / f"q{n}.png").write_bytes(png(n + 1, 5))
+    engine = Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None)
+    assert engine.sync() == 0
+    first_calls = len(pushes(emulator))
+    assert any(c.errno == 301002 for c in pushes(emulator))
+    (public / "q9.png").write_bytes(png(30, 5))
+    now[0] += 3600
+    engine = Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None)
+    engine.sync()
+    assert len(pushes(emulator)) == first_calls, "no Baidu call while the quota is used up"
+    emulator.set_faults(baidu_quota=None)
+    now[0] += 2 * 86400
+    engine = Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None)
+    assert engine.sync() == 0
+    stored = emulator.baidu_index()
+    assert len(stored) == 6

@@ -1,0 +1,86 @@
+"""The command line as a user meets it: `check` messages, `status --json`, `retry`, `forget`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import run_cli, write_config
+from tests.imagegen import png
+from watchd.emulator import Emulator
+
+
+def test_check_prints_the_effective_rules_per_folder(tmp_path: Path, emulator: Emulator) -> None:
+    folder = tmp_path / "pics"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / ".watchd.yaml").write_text("tags: [cats]\ncopyright: true\n", encoding="utf-8")
+    config = write_config(
+        tmp_path / "c.yaml",
+        emulator,
+        [{"path": folder, "rules": {"album": "srXiv43"}}],
+        state_dir=tmp_path / "s",
+    )
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert str(folder) in result.stdout
+    assert "srXiv43" in result.stdout
+    assert "cats" in result.stdout
+    assert "demo-secret" not in result.stdout + result.stderr
+
+
+def test_check_names_an_unknown_key_with_its_line(tmp_path: Path, emulator: Emulator) -> None:
+    config = write_config(
+        tmp_path / "c.yaml", emulator, [{"path": tmp_path, "rules": {"titel": "x"}}], state_dir=tmp_path / "s"
+    )
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode != 0
+    assert "titel" in result.stderr
+    assert "c.yaml:" in result.stderr
+    assert "title" in result.stderr  # the suggestion
+
+
+def test_check_names_a_missing_environment_variable(tmp_path: Path, emulator: Emulator) -> None:
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": tmp_path}], state_dir=tmp_path / "s")
+    config.write_text(config.read_text().replace("${TEST_APP_TOKEN:-demo-token}", "${WATCHD_TEST_NOPE}"))
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode != 0
+    assert "WATCHD_TEST_NOPE" in result.stderr
+
+
+def test_check_reports_bad_yaml_with_its_position(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("state_dir: /tmp\nhosts:\n  me: [unclosed\n", encoding="utf-8")
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode != 0
+    assert "c.yaml:" in result.stderr
+    assert "line" in result.stderr.lower() or ":3" in result.stderr or ":4" in result.stderr
+
+
+def test_status_json_retry_and_forget(tmp_path: Path, emulator: Emulator) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    (folder / "bad.png").write_bytes(b"nope")
+    (folder / "ok.png").write_bytes(png(4, 4))
+    assert run_cli("sync", "-c", str(config)).returncode == 1
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert status["files"]["failed"] == 1 and status["files"]["done"] == 1
+    assert status["folders"][0]["available"] is True
+    assert status["hosts"]["me"]["auth"] == "account"
+    assert status["hosts"]["me"]["used_today"] == 1
+    assert status["baidu"]["submitted_today"] == 1
+    assert [f["path"] for f in status["recent_failures"]] == [str(folder / "bad.png")]
+    assert "demo-secret" not in json.dumps(status) and "demo-token" not in json.dumps(status)
+
+    (folder / "bad.png").write_bytes(png(5, 5))
+    result = run_cli("retry", "-c", str(config), str(folder / "bad.png"))
+    assert result.returncode == 0 and "1 queued again" in result.stdout
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert (folder / "bad.png.link.json").exists()
+
+    result = run_cli("forget", "-c", str(config), str(folder / "ok.png"))
+    assert result.returncode == 0
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert status["files"]["done"] == 1
+    human = run_cli("status", "-c", str(config))
+    assert human.returncode == 0 and str(folder) in human.stdout

@@ -1,0 +1,180 @@
+"""Flushes the Baidu outbox: deletes in calls of at most 10, pushes in calls of at most 20.
+
+A batch goes out at once when it is full, after a short linger (≤ 1 s) when it is not, and
+immediately when draining (`sync`, shutdown). Items are marked "sending" in the journal
+before the call and get one result each after it, so a crash mid-call resends at most that
+one batch. Quota and configuration answers pause Baidu in the journal: nothing is sent
+until the reset (quota) or a reload (configuration), and the queue is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from watchd.errors import AlreadyDoneError, ConfigurationError, PermanentFileError, QuotaError, ServiceError
+from watchd.indexers.base import Indexer, ItemResult, PushItem
+from watchd.journal import Journal, OutboxRow
+from watchd.pipeline import Pipeline, utc_now
+from watchd.quota import QuotaGate
+from watchd.retry import backoff_delay, call_with_retry
+
+log = logging.getLogger(__name__)
+
+SERVICE = "baidu"
+
+
+class BaiduBatcher:
+    """Moves outbox items to the indexer; `run_forever` on its own thread, `drain` for one pass."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        indexer: Indexer,
+        pipeline: Pipeline,
+        quota: QuotaGate,
+        *,
+        linger: float = 0.5,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.journal = journal
+        self.indexer = indexer
+        self.pipeline = pipeline
+        self.quota = quota
+        self.linger = linger
+        self.clock = clock
+        self.sleep = sleep
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._first_seen: dict[str, float] = {}
+        self.calls = 0
+
+    def wake(self) -> None:
+        """New items were queued: look at the outbox now."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wait = self.flush(force=False)
+            except Exception:
+                log.exception("Baidu batcher failed; retrying in 30 s")
+                wait = 30.0
+            self._wake.wait(timeout=wait)
+            self._wake.clear()
+
+    def drain(self) -> None:
+        """Send everything that is due now, partial batches included (for `sync` and shutdown)."""
+        self.flush(force=True)
+
+    def flush(self, *, force: bool) -> float:
+        """Send due batches; returns how long to sleep before the next look."""
+        while not self._stop.is_set() or force:
+            now = self.clock()
+            resume = self.pipeline.paused_until(SERVICE)
+            if resume is not None:
+                return min(60.0, max(1.0, resume - now))
+            sent_full = False
+            wait = 60.0
+            for action, limit in (("delete", self.indexer.max_withdraw), ("push", self.indexer.max_push)):
+                rows = self.journal.due_outbox(action, now, limit)
+                if not rows:
+                    self._first_seen.pop(action, None)
+                    continue
+                if len(rows) < limit and not force:
+                    first = self._first_seen.setdefault(action, now)
+                    if now - first < self.linger:
+                        wait = min(wait, first + self.linger - now)
+                        continue
+                self._first_seen.pop(action, None)
+                self._send(action, rows)
+                sent_full = sent_full or len(rows) == limit or force
+            if not sent_full:
+                next_due = self.journal.next_outbox_time()
+                if next_due is not None and next_due > now:
+                    wait = min(wait, next_due - now)
+                return max(0.01, wait)
+        return 0.0
+
+    def _send(self, action: str, rows: list[OutboxRow]) -> None:
+        ids = [row.id for row in rows]
+        if action == "push" and not self.quota.take(len(rows)):
+            self._pause_for_quota(ids, f"daily Baidu quota of {self.quota.limit} images used up")
+            return
+        self.journal.mark_sending(ids)
+        call: Callable[[], list[ItemResult]]
+        if action == "push":
+            items = [_push_item(row) for row in rows]
+            call = lambda: self.indexer.push(items)  # noqa: E731
+        else:
+            keys = [row.baidu_id for row in rows]
+            call = lambda: self.indexer.withdraw(keys)  # noqa: E731
+        self.calls += 1
+        try:
+            results = call_with_retry(call, sleep=self.sleep, describe=f"Baidu {action} of {len(rows)}")
+        except QuotaError as exc:
+            self._pause_for_quota(ids, str(exc))
+            return
+        except ConfigurationError as exc:
+            reason = f"{exc}: check baidu.app_id / app_token and the account, then reload"
+            self.journal.pause(SERVICE, "configuration", None, reason)
+            self.journal.outbox_retry(ids, reason, 0.0)
+            log.error("Baidu paused: %s", reason)
+            return
+        except ServiceError as exc:
+            attempts = max(row.attempts for row in rows) + 1
+            self.journal.outbox_retry(ids, str(exc), self.clock() + backoff_delay(attempts))
+            log.warning("Baidu %s of %d items deferred: %s", action, len(rows), exc)
+            return
+        self._record(action, rows, results)
+
+    def _record(self, action: str, rows: list[OutboxRow], results: list[ItemResult]) -> None:
+        done = 0
+        for row, result in zip(rows, results, strict=True):
+            error = result.error
+            if error is None or isinstance(error, AlreadyDoneError):
+                self.journal.outbox_sent(row, utc_now())
+                done += 1
+                if action == "push":
+                    self._refresh_sidecar(row)
+            elif isinstance(error, PermanentFileError):
+                self.journal.outbox_failed(row, error.message)
+                log.warning("Baidu %s of %s failed: %s", action, row.baidu_id, error.message)
+            else:
+                self.journal.outbox_retry(
+                    [row.id], str(error), self.clock() + backoff_delay(row.attempts + 1)
+                )
+        log.info("Baidu %s: %d of %d items accepted", action, done, len(rows))
+
+    def _refresh_sidecar(self, row: OutboxRow) -> None:
+        """Add `baidu: {id, pushed_at}` to the sidecar of a freshly submitted file."""
+        file_row = self.journal.get_by_id(row.file_id)
+        if file_row is None or file_row.path is None or file_row.link is None:
+            return
+        try:
+            self.pipeline.write_sidecar(file_row)
+        except Exception as exc:  # the submission itself succeeded; the sidecar catches up later
+            log.warning("submitted %s to Baidu but could not update its sidecar: %s", file_row.path, exc)
+
+    def _pause_for_quota(self, ids: list[int], reason: str) -> None:
+        reset = self.quota.reset_at()
+        self.journal.pause(SERVICE, "quota", reset, reason)
+        self.journal.outbox_retry(ids, reason, reset)
+        log.error(
+            "Baidu paused until %s: %s (queue kept)",
+            time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(reset)),
+            reason,
+        )
+
+
+def _push_item(row: OutboxRow) -> PushItem:
+    payload = dict(row.payload or {})
+    payload["tags"] = tuple(payload.get("tags") or ())  # type: ignore[arg-type]
+    return PushItem(**payload)  # type: ignore[arg-type]

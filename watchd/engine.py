@@ -1,0 +1,536 @@
+"""The daemon: wires watcher, journal, upload workers and the Baidu batcher; owns the lifecycle.
+
+One loop thread decides everything (facts from the watcher, reconciliation, settling,
+dispatch); upload workers and the batcher only do work the journal already records, and
+report back through the same fact queue. So no decision is ever made twice at once, and
+whatever is in the journal can be resumed by a new process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Protocol
+
+import httpx
+
+from watchd import journal as j
+from watchd.batcher import SERVICE as BAIDU
+from watchd.batcher import BaiduBatcher
+from watchd.config import Settings, load_settings
+from watchd.errors import ConfigError
+from watchd.guard import DeleteGuard
+from watchd.hosts.base import Host
+from watchd.hosts.imageban import ImageBanHost
+from watchd.indexers.baidu import BaiduIndexer
+from watchd.journal import Journal
+from watchd.pipeline import Intake, Pipeline, candidate_name
+from watchd.quota import QuotaGate
+from watchd.scan import reconcile
+from watchd.systemd import Notifier, WatchdogPinger
+from watchd.watcher import Changed, DirGone, Fact, Finished, FolderWatcher, Gone, Moved, Rescan, WatchSpec
+
+log = logging.getLogger(__name__)
+
+ROOT_CHECK_INTERVAL = 5.0
+
+
+class Progress(Protocol):
+    """Told how much work a scan found and each time a file is handled (`watchd sync`'s bar)."""
+
+    def found(self, n: int) -> None: ...
+
+    def advance(self, outcome: str, path: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A worker finished one file."""
+
+    file_id: int
+    outcome: str
+
+
+@dataclass(frozen=True)
+class _Control:
+    """A request from a signal handler: "stop", "reload" or "wake"."""
+
+    what: str
+
+
+class Engine:
+    """Runs the pipeline for one configuration: `run()` as a daemon, or `sync()` as one pass."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        settle: float = 1.0,
+        grace: float = 1.0,
+        stop_timeout: float = 20.0,
+        notifier: Notifier | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.sleep = sleep
+        self.settle = settle
+        self.grace = grace
+        self.stop_timeout = stop_timeout
+        self.notifier = notifier or Notifier()
+        self.progress = progress
+        self.journal = Journal.open(settings.state_dir)
+        self.http = httpx.Client(
+            limits=httpx.Limits(
+                max_connections=settings.concurrency + 4, max_keepalive_connections=settings.concurrency + 4
+            ),
+            timeout=httpx.Timeout(60.0, connect=10.0),
+        )
+        self.outcomes: Counter[str] = Counter()
+        self.last_error = ""
+        self._facts: queue.SimpleQueue[Fact | _Done | _Control] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._in_flight: set[int] = set()
+        self._dirty: set[int] = set()
+        self._settling: dict[str, tuple[int, int, float]] = {}
+        self._unavailable: set[str] = set()
+        self._watched_roots: set[str] = set()
+        self._next_root_check = 0.0
+        self.guard = DeleteGuard(clock=clock)
+        self._stopping = False
+        self._workers: list[threading.Thread] = []
+        self._batcher_thread: threading.Thread | None = None
+        self.watcher: FolderWatcher | None = None
+        self.batcher: BaiduBatcher | None = None
+        self._build(settings)
+
+    # -- wiring ------------------------------------------------------------------------
+
+    def _build(self, settings: Settings) -> None:
+        hosts: dict[str, Host] = {
+            name: ImageBanHost(
+                name,
+                api_url=host.api_url,
+                client=self.http,
+                client_id=host.client_id.get_secret_value() if host.client_id else None,
+                secret_key=host.secret_key.get_secret_value() if host.secret_key else None,
+            )
+            for name, host in settings.hosts.items()
+        }
+        self.settings = settings
+        self.pipeline = Pipeline(settings, self.journal, hosts, clock=self.clock, sleep=self.sleep)
+        self.batcher = None
+        if settings.baidu is not None:
+            indexer = BaiduIndexer(
+                app_id=settings.baidu.app_id.get_secret_value(),
+                app_token=settings.baidu.app_token.get_secret_value(),
+                api_base=settings.baidu.api_base,
+                client=self.http,
+            )
+            quota = QuotaGate(
+                self.journal, BAIDU, settings.baidu.daily_quota, settings.baidu.quota_reset_tz, self.clock
+            )
+            self.batcher = BaiduBatcher(
+                self.journal,
+                indexer,
+                self.pipeline,
+                quota,
+                linger=settings.baidu.linger,
+                clock=self.clock,
+                sleep=self.sleep,
+            )
+
+    def _watch_specs(self) -> list[WatchSpec]:
+        return [WatchSpec(f.path, f.recursive, f.poll, f.poll_interval) for f in self.settings.folders]
+
+    def _start_threads(self, *, watch: bool) -> None:
+        for n in range(self.settings.concurrency):
+            worker = threading.Thread(target=self._worker, name=f"upload-{n}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        self._start_batcher()
+        if watch:
+            self._restart_watcher()
+
+    def _start_batcher(self) -> None:
+        if self.batcher is not None:
+            self._batcher_thread = threading.Thread(
+                target=self.batcher.run_forever, name="baidu", daemon=True
+            )
+            self._batcher_thread.start()
+
+    def _stop_batcher(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
+        if self._batcher_thread is not None:
+            self._batcher_thread.join(timeout=self.stop_timeout)
+            self._batcher_thread = None
+
+    # -- entry points ------------------------------------------------------------------
+
+    def run(self) -> int:
+        """The daemon: watch, reconcile, work until SIGTERM/SIGINT; SIGHUP reloads."""
+        self._install_signals()
+        requeued = self.journal.recover()
+        if any(requeued):
+            log.info("resuming after an interruption: %d uploads and %d Baidu items requeued", *requeued)
+        self._start_threads(watch=True)
+        for folder in self.settings.folders:
+            self._facts.put(Rescan(str(folder.path)))
+        self.notifier.ready(self._status_line())
+        log.info("watching %d folders", len(self.settings.folders))
+        self._loop(until_idle=False)
+        return self._shutdown()
+
+    def sync(self) -> int:
+        """One pass: reconcile every folder, do all work due now, exit 1 if anything failed."""
+        self.journal.recover()
+        self._start_threads(watch=False)
+        for folder in self.settings.folders:
+            self._facts.put(Rescan(str(folder.path)))
+        self._loop(until_idle=True)
+        self._shutdown()
+        failed = self.outcomes["failed"] + self.outcomes["retry"] + self.outcomes["paused"]
+        return 1 if failed else 0
+
+    def stop(self) -> None:
+        """Ask the loop to stop (thread-safe; used by signal handlers and tests)."""
+        self._facts.put(_Control("stop"))
+
+    def reload(self) -> None:
+        self._facts.put(_Control("reload"))
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_stop(signum: int, _frame: FrameType | None) -> None:
+            if self._stopping:
+                log.warning(
+                    "second %s: stopping now; unfinished work stays queued", signal.Signals(signum).name
+                )
+                os._exit(0)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, lambda _s, _f: self.reload())
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _loop(self, *, until_idle: bool) -> None:
+        pinger = WatchdogPinger(self.notifier)
+        while not self._stopping:
+            try:
+                fact = self._facts.get(timeout=self._timeout())
+            except queue.Empty:
+                fact = None
+            while fact is not None:
+                self._handle(fact)
+                try:
+                    fact = self._facts.get_nowait()
+                except queue.Empty:
+                    fact = None
+            now = self.clock()
+            self._check_settling(now)
+            if self.watcher is not None:
+                self._check_roots(now)
+            self._check_missing(now, force=until_idle)
+            self._dispatch(now)
+            pinger.tick()
+            if until_idle and self._idle(now):
+                return
+
+    def _timeout(self) -> float:
+        now = self.clock()
+        deadlines = [deadline for _s, _m, deadline in self._settling.values()]
+        due = self.journal.next_due_time()
+        if due is not None and len(self._in_flight) < self.settings.concurrency:
+            deadlines.append(due)
+        if self.journal.missing(older_than=now):
+            deadlines.append(now + self.grace)
+        interval = self.notifier.watchdog_interval()
+        return max(0.005, min([30.0, (interval or 30.0), *(d - now for d in deadlines)]))
+
+    def _handle(self, fact: Fact | _Done | _Control) -> None:
+        match fact:
+            case Finished(path):
+                self._settling.pop(path, None)
+                self._intake(path, settled=False)
+            case Changed(path):
+                self._note_change(path)
+            case Moved(src, dest):
+                self._moved(src, dest)
+            case Gone(path):
+                self._gone([self.journal.get(path)])
+            case DirGone(path):
+                if any(str(f.path) == path for f in self.settings.folders):
+                    log.error(
+                        "watched folder %s disappeared: nothing is withdrawn; restore or remount it", path
+                    )
+                else:
+                    self._gone(self.journal.under(path))
+            case Rescan(path):
+                self._rescan(path)
+            case _Done(file_id, outcome):
+                self._finished(file_id, outcome)
+            case _Control("stop"):
+                self._stopping = True
+            case _Control("reload"):
+                self._reload()
+
+    def _intake(self, path: str, *, settled: bool) -> None:
+        row = self.journal.get(path)
+        if row is not None and row.id in self._in_flight:
+            self._dirty.add(row.id)
+            return
+        result = self.pipeline.intake(path, settled=settled)
+        if result is Intake.WAIT:
+            self._note_change(path)
+        elif result is Intake.FAILED:
+            self._count("failed", path)
+
+    def _note_change(self, path: str) -> None:
+        if not candidate_name(os.path.basename(path)):
+            return
+        try:
+            info = os.stat(path)
+        except OSError:
+            self._settling.pop(path, None)
+            return
+        self._settling[path] = (info.st_size, info.st_mtime_ns, self.clock() + self.settle)
+
+    def _check_settling(self, now: float) -> None:
+        for path, (size, mtime, deadline) in list(self._settling.items()):
+            if deadline > now:
+                continue
+            try:
+                info = os.stat(path)
+            except OSError:
+                del self._settling[path]
+                continue
+            if (info.st_size, info.st_mtime_ns) == (size, mtime):
+                del self._settling[path]
+                self._intake(path, settled=True)
+            else:
+                self._settling[path] = (info.st_size, info.st_mtime_ns, now + self.settle)
+
+    def _moved(self, src: str, dest: str) -> None:
+        row = self.journal.get(src)
+        if row is None or row.state == j.FAILED:
+            if row is not None:
+                self.journal.forget(row.id)
+            self._intake(dest, settled=False)
+            return
+        if self.pipeline.folder_for(dest) is None or not candidate_name(os.path.basename(dest)):
+            self._gone([row])
+            return
+        self.pipeline.move(row, dest)
+
+    def _gone(self, rows: list[j.FileRow | None]) -> None:
+        now = self.clock()
+        for row in rows:
+            if row is not None and row.path is not None and row.missing_since is None:
+                self.journal.mark_missing(row.id, now)
+
+    def _check_missing(self, now: float, *, force: bool) -> None:
+        """Retire vanished files whose grace is over, unless their folder is unavailable or
+        the mass-delete guard holds them."""
+        fresh: list[j.FileRow] = []
+        confirmed: list[j.FileRow] = []
+        for row in self.journal.missing(older_than=now if force else now - self.grace):
+            if row.path is not None and os.path.lexists(row.path):
+                self.journal.mark_missing(row.id, None)
+            elif row.id not in self._in_flight and self._root_available(row.root):
+                (confirmed if row.delete_held == 2 else fresh).append(row)
+        allowed, held = self.guard.admit(fresh, self.journal.live_count)
+        if held:
+            self.journal.hold_deletes([row.id for row in held])
+            log.error(
+                "%d files vanished at once from %s: their withdrawal is held. If the deletions are "
+                "intended, run `watchd confirm-deletes`; otherwise restore the files",
+                len(held),
+                ", ".join(sorted({row.root for row in held})),
+            )
+        for row in confirmed + allowed:
+            if self.pipeline.retire(row) and self.batcher is not None:
+                self.batcher.wake()
+
+    def _root_available(self, root: str) -> bool:
+        """A watched folder that is missing or unreadable is unavailable, never deleted."""
+        available = os.path.isdir(root) and os.access(root, os.R_OK | os.X_OK)
+        if not available and root not in self._unavailable:
+            log.error(
+                "watched folder %s is unavailable (unmounted? detached?): nothing is withdrawn "
+                "until it is back",
+                root,
+            )
+        (self._unavailable.add if not available else self._unavailable.discard)(root)
+        return available
+
+    def _check_roots(self, now: float) -> None:
+        """Every few seconds: a folder that vanished or came back gets its watches renewed."""
+        if now < self._next_root_check:
+            return
+        self._next_root_check = now + ROOT_CHECK_INTERVAL
+        available = {str(f.path) for f in self.settings.folders if self._root_available(str(f.path))}
+        if available == self._watched_roots:
+            return
+        back = available - self._watched_roots
+        self._restart_watcher()
+        for root in sorted(back):
+            log.info("watched folder %s is available again; reconciling it", root)
+            self._facts.put(Rescan(root))
+
+    def _restart_watcher(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        self._watched_roots = {str(f.path) for f in self.settings.folders if f.path.is_dir()}
+        self.watcher = FolderWatcher(self._watch_specs(), self._facts.put)
+        self.watcher.start()
+
+    def _rescan(self, path: str) -> None:
+        folder = self.pipeline.folder_for(os.path.join(path, "x"))
+        if folder is None:
+            return
+        root = Path(path)
+        if not self._root_available(str(folder.path)):
+            return
+        found: list[str] = []
+        now = self.clock()
+        for difference in reconcile(self.journal, root, folder.recursive, candidate_name):
+            if difference.kind == "missing":
+                row = self.journal.get(difference.path)
+                if row is not None and row.missing_since is None:
+                    self.journal.mark_missing(row.id, now)
+            else:
+                found.append(difference.path)
+        log.info("reconciled %s: %d new or changed files", root, len(found))
+        if self.progress is not None:
+            self.progress.found(len(found))
+        for n, file_path in enumerate(found):
+            self._intake(file_path, settled=False)
+            if n % 64 == 0:
+                self._dispatch(self.clock())
+
+    # -- workers -----------------------------------------------------------------------
+
+    def _dispatch(self, now: float) -> None:
+        free = self.settings.concurrency - len(self._in_flight)
+        if free <= 0 or self._stopping:
+            return
+        for row in self.journal.due_uploads(now, free, self._in_flight):
+            self._in_flight.add(row.id)
+            self._work.put(row.id)
+
+    def _worker(self) -> None:
+        while True:
+            file_id = self._work.get()
+            if file_id is None:
+                return
+            try:
+                outcome = self.pipeline.process(file_id)
+            except Exception as exc:  # a bug must not kill the worker or lose the file
+                log.exception("internal error processing file #%d; retrying in 60 s", file_id)
+                self.journal.record_retry(file_id, j.PENDING, "internal", repr(exc), self.clock() + 60)
+                outcome = "retry"
+            self._facts.put(_Done(file_id, outcome))
+
+    def _finished(self, file_id: int, outcome: str) -> None:
+        self._in_flight.discard(file_id)
+        row = self.journal.get_by_id(file_id)
+        self._count(outcome, row.path if row and row.path else f"#{file_id}")
+        if outcome == "done" and self.batcher is not None:
+            self.batcher.wake()
+        if file_id in self._dirty:
+            self._dirty.discard(file_id)
+            if row is not None and row.path is not None:
+                self._intake(row.path, settled=False)
+
+    def _count(self, outcome: str, path: str) -> None:
+        self.outcomes[outcome] += 1
+        if outcome in ("failed", "retry", "paused"):
+            row = self.journal.get(path)
+            self.last_error = f"{path}: {row.reason}" if row and row.reason else path
+        if self.progress is not None:
+            self.progress.advance(outcome, path)
+        self.notifier.status(self._status_line())
+
+    def _idle(self, now: float) -> bool:
+        if self._in_flight or self._settling or self.journal.missing(older_than=now):
+            return False
+        due = self.journal.next_due_time()
+        if due is not None and due <= now and not self._all_due_paused():
+            return False
+        if self.batcher is not None:
+            self.batcher.drain()
+        return True
+
+    def _all_due_paused(self) -> bool:
+        return bool(self.journal.pauses()) and not self.journal.due_uploads(self.clock(), 1, self._in_flight)
+
+    # -- reload and shutdown -----------------------------------------------------------
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        path = self.settings.config_path
+        try:
+            if path is None:
+                raise ConfigError(["no config file to reload from"])
+            settings = load_settings(path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload rejected, the old configuration keeps running: %s", problem)
+            self.notifier.ready(self._status_line())
+            return
+        self._stop_batcher()
+        for pause in self.journal.pauses():
+            if pause.kind == "configuration":
+                self.journal.resume(pause.name)
+        self._build(settings)
+        self._start_batcher()
+        self._restart_watcher()
+        for folder in settings.folders:
+            self._facts.put(Rescan(str(folder.path)))
+        log.info("configuration reloaded from %s", path)
+        self.notifier.ready(self._status_line())
+
+    def _shutdown(self) -> int:
+        self.notifier.stopping()
+        if self.watcher is not None:
+            self.watcher.stop()
+        deadline = self.clock() + self.stop_timeout
+        while self._in_flight and self.clock() < deadline:
+            try:
+                fact = self._facts.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if isinstance(fact, _Done):
+                self._finished(fact.file_id, fact.outcome)
+        if self._in_flight:
+            log.warning(
+                "%d uploads still in flight at shutdown; they resume at the next start", len(self._in_flight)
+            )
+        for _ in self._workers:
+            self._work.put(None)
+        self._stop_batcher()
+        self.http.close()
+        self.journal.close()
+        return 0
+
+    def _status_line(self) -> str:
+        counts = self.journal.counts()
+        queued = counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]
+        line = f"{queued} queued, {counts[j.DONE]} published, {counts[j.FAILED]} failed"
+        return f"{line}; last error: {self.last_error}" if self.last_error else line

@@ -1,0 +1,715 @@
+"""The journal: SQLite, the single source of truth for what was seen, uploaded and submitted.
+
+Every decision is written here *before* the network call it leads to, so a crash at any
+moment is resumed from the journal on the next start:
+
+    pending ──claim──► uploading ──► uploaded ──sidecar──► done
+       ▲                   │                                 │ content changed
+       └── transient ◄─────┘──► failed (permanent, reason)   └──► pending (same row, same Baidu id)
+    any state ──original deleted──► tombstone (path NULL, last_path kept, Baidu delete queued)
+
+The Baidu outbox (`outbox`) holds push and delete intents, one row per item, so batches are
+rebuilt from the journal after a restart. `services` holds pauses (quota until its reset,
+configuration until a reload) and `quota` the per-day counters.
+
+Durability: WAL with synchronous=NORMAL survives a killed process without losing a commit;
+after a power cut the last commits may roll back, which only means work is redone (an image
+uploaded twice at worst), never lost: reconciliation finds every file again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchd.hosts.base import Uploaded
+
+JOURNAL_NAME = "journal.sqlite3"
+
+# Each entry migrates the schema from version i to i + 1; append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        path TEXT UNIQUE,
+        last_path TEXT NOT NULL,
+        root TEXT NOT NULL,
+        state TEXT NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0,
+        mtime_ns INTEGER NOT NULL DEFAULT 0,
+        sha256 TEXT,
+        baidu_id TEXT NOT NULL UNIQUE,
+        host TEXT,
+        remote_id TEXT,
+        link TEXT,
+        short_link TEXT,
+        resolution TEXT,
+        uploaded_size INTEGER,
+        uploaded_at TEXT,
+        uploaded_sha256 TEXT,
+        upload_count INTEGER NOT NULL DEFAULT 0,
+        sidecar_path TEXT,
+        pushed_at TEXT,
+        missing_since REAL,
+        delete_held INTEGER NOT NULL DEFAULT 0,
+        error_kind TEXT,
+        reason TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX files_due ON files (state, next_attempt_at);
+    CREATE INDEX files_sha ON files (sha256);
+    CREATE INDEX files_missing ON files (missing_since) WHERE missing_since IS NOT NULL;
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        file_id INTEGER NOT NULL REFERENCES files (id),
+        action TEXT NOT NULL CHECK (action IN ('push', 'delete')),
+        baidu_id TEXT NOT NULL,
+        payload TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX outbox_due ON outbox (state, action, next_attempt_at);
+    CREATE TABLE services (
+        name TEXT PRIMARY KEY,
+        paused_until REAL,
+        pause_kind TEXT,
+        reason TEXT,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE quota (
+        service TEXT NOT NULL,
+        day TEXT NOT NULL,
+        used INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (service, day)
+    );
+    """,
+)
+
+# File states.
+PENDING = "pending"
+UPLOADING = "uploading"
+UPLOADED = "uploaded"
+DONE = "done"
+FAILED = "failed"
+DELETED = "deleted"
+STATES = (PENDING, UPLOADING, UPLOADED, DONE, FAILED, DELETED)
+
+# Outbox states.
+QUEUED = "queued"
+SENDING = "sending"
+SENT = "sent"
+HELD = "held"
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """One file as the journal knows it."""
+
+    id: int
+    path: str | None
+    last_path: str
+    root: str
+    state: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    baidu_id: str
+    host: str | None
+    remote_id: str | None
+    link: str | None
+    short_link: str | None
+    resolution: str | None
+    uploaded_size: int | None
+    uploaded_at: str | None
+    uploaded_sha256: str | None
+    upload_count: int
+    sidecar_path: str | None
+    pushed_at: str | None
+    missing_since: float | None
+    delete_held: int
+    error_kind: str | None
+    reason: str | None
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+
+    def uploaded(self) -> Uploaded | None:
+        """The upload this row records, or None when the file was never uploaded."""
+        if self.link is None or self.short_link is None:
+            return None
+        return Uploaded(
+            remote_id=self.remote_id or "",
+            link=self.link,
+            short_link=self.short_link,
+            size=self.uploaded_size or 0,
+            resolution=self.resolution or "",
+        )
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One Baidu intent: push (with its JSON payload) or delete of `baidu_id`."""
+
+    id: int
+    file_id: int
+    action: str
+    baidu_id: str
+    payload: dict[str, object] | None
+    state: str
+    attempts: int
+    next_attempt_at: float
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class ServicePause:
+    """A paused service: `kind` is "quota" (until `until`) or "configuration" (until reload)."""
+
+    name: str
+    kind: str
+    until: float | None
+    reason: str
+
+
+def new_baidu_id() -> str:
+    """A fresh stable identity for a local file: 32 lowercase hex digits (letters and digits only)."""
+    return uuid.uuid4().hex
+
+
+class Journal:
+    """Thread-safe access to the journal database; one connection, serialised by a lock.
+
+    Methods that change state commit before they return, so a caller may make the network
+    call the change announces as soon as the method is back.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = _connect(path)
+        self._migrate()
+
+    @classmethod
+    def open(cls, state_dir: Path) -> Journal:
+        """Open (creating with mode 0700/0600 if needed) the journal in `state_dir`."""
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = state_dir / JOURNAL_NAME
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.chmod(path, 0o600)
+        return cls(path)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- schema ------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self.schema_version
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"journal {self.path} has schema version {version}, newer than this watchd "
+                    f"understands ({len(MIGRATIONS)}): upgrade watchd"
+                )
+            for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                self._db.executescript(f"BEGIN; {script}; PRAGMA user_version = {target}; COMMIT;")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._db:
+            yield self._db
+
+    def _one(self, sql: str, args: Sequence[object] = ()) -> FileRow | None:
+        with self._lock:
+            row = self._db.execute(sql, args).fetchone()
+        return FileRow(*row) if row else None
+
+    def _many(self, sql: str, args: Sequence[object] = ()) -> list[FileRow]:
+        with self._lock:
+            return [FileRow(*row) for row in self._db.execute(sql, args).fetchall()]
+
+    # -- reading files -----------------------------------------------------------------
+
+    def get(self, path: str) -> FileRow | None:
+        return self._one("SELECT * FROM files WHERE path = ?", (path,))
+
+    def get_by_id(self, file_id: int) -> FileRow | None:
+        return self._one("SELECT * FROM files WHERE id = ?", (file_id,))
+
+    def under(self, directory: str) -> list[FileRow]:
+        """Live rows at or below `directory` (a directory path without trailing slash)."""
+        prefix = directory.rstrip("/") + "/"
+        return self._many(
+            "SELECT * FROM files WHERE path >= ? AND path < ? ORDER BY path",
+            (prefix, prefix[:-1] + "0"),
+        )
+
+    def iter_root(self, root: str, batch: int = 2000) -> Iterator[tuple[str, int, int, str]]:
+        """(path, size, mtime_ns, state) of live rows under `root`, sorted by path, streamed.
+
+        Paged by key so memory stays bounded however large the journal is.
+        """
+        prefix = root.rstrip("/") + "/"
+        upper = prefix[:-1] + "0"
+        last = prefix
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT path, size, mtime_ns, state FROM files WHERE path > ? AND path < ? "
+                    "ORDER BY path LIMIT ?",
+                    (last, upper, batch),
+                ).fetchall()
+            yield from rows
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    def has_missing_of_size(self, size: int) -> bool:
+        """Whether some vanished file of this size waits to be paired with a new one (a move)."""
+        with self._lock:
+            return (
+                self._db.execute(
+                    "SELECT 1 FROM files WHERE missing_since IS NOT NULL AND size = ? LIMIT 1", (size,)
+                ).fetchone()
+                is not None
+            )
+
+    def find_moved_source(self, sha256: str, size: int) -> FileRow | None:
+        """The vanished file that held exactly this content, if any: the new file is that one moved."""
+        return self._one(
+            "SELECT * FROM files WHERE missing_since IS NOT NULL AND size = ? AND "
+            "(sha256 = ? OR uploaded_sha256 = ?) ORDER BY missing_since LIMIT 1",
+            (size, sha256, sha256),
+        )
+
+    def mark_missing(self, file_id: int, since: float | None) -> None:
+        """The original vanished (or, with None, came back); a vanished file becomes a tombstone
+        unless it reappears elsewhere (a move)."""
+        self._set(file_id, missing_since=since, delete_held=0)
+
+    def missing(self, older_than: float) -> list[FileRow]:
+        """Vanished files whose grace period is over and whose deletion is not held."""
+        return self._many(
+            "SELECT * FROM files WHERE missing_since IS NOT NULL AND missing_since <= ? AND delete_held != 1 "
+            "ORDER BY id",
+            (older_than,),
+        )
+
+    def hold_deletes(self, file_ids: Sequence[int]) -> None:
+        """Too many deletions at once: keep these until `watchd confirm-deletes` (mass-delete guard).
+
+        `delete_held` is 0 (normal), 1 (held by the guard) or 2 (confirmed: retire, bypassing it).
+        """
+        with self._write() as db:
+            db.executemany("UPDATE files SET delete_held = 1 WHERE id = ?", [(i,) for i in file_ids])
+
+    def held_deletes(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM files WHERE delete_held = 1").fetchone()[0])
+
+    def confirm_deletes(self) -> int:
+        """Release every held deletion; returns how many (they are processed at once)."""
+        with self._write() as db:
+            return db.execute(
+                "UPDATE files SET delete_held = 2 WHERE delete_held = 1 AND missing_since IS NOT NULL"
+            ).rowcount
+
+    def due_uploads(self, now: float, limit: int, exclude: set[int]) -> list[FileRow]:
+        """Rows whose upload or sidecar step is due now, oldest first."""
+        rows = self._many(
+            "SELECT * FROM files WHERE state IN (?, ?) AND next_attempt_at <= ? "
+            "ORDER BY next_attempt_at, id LIMIT ?",
+            (PENDING, UPLOADED, now, limit + len(exclude)),
+        )
+        return [row for row in rows if row.id not in exclude][:limit]
+
+    def next_due_time(self) -> float | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(next_attempt_at) FROM files WHERE state IN (?, ?)", (PENDING, UPLOADED)
+            ).fetchone()
+        return row[0]
+
+    # -- changing files ----------------------------------------------------------------
+
+    def add(
+        self, path: str, root: str, size: int, mtime_ns: int, sha256: str | None, *, state: str = PENDING
+    ) -> FileRow:
+        """Record a file never seen before (a new stable Baidu id is minted)."""
+        now = time.time()
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO files (path, last_path, root, state, size, mtime_ns, sha256, baidu_id, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (path, path, root, state, size, mtime_ns, sha256, new_baidu_id(), now, now),
+            )
+            file_id = cur.lastrowid
+        row = self.get_by_id(int(file_id or 0))
+        assert row is not None
+        return row
+
+    def requeue(self, file_id: int, size: int, mtime_ns: int, sha256: str | None) -> None:
+        """New content at a known path: upload again (same row, same Baidu id)."""
+        self._set(
+            file_id,
+            state=PENDING,
+            size=size,
+            mtime_ns=mtime_ns,
+            sha256=sha256,
+            error_kind=None,
+            reason=None,
+            attempts=0,
+            next_attempt_at=0.0,
+        )
+
+    def touch(self, file_id: int, size: int, mtime_ns: int) -> None:
+        """Same content, new size/mtime stamp (e.g. `touch`): remember it, do nothing else."""
+        self._set(file_id, size=size, mtime_ns=mtime_ns)
+
+    def claim_upload(self, file_id: int, sha256: str) -> None:
+        """Intent: this file's bytes (with `sha256`) are about to be sent."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE files SET state = ?, sha256 = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE id = ?",
+                (UPLOADING, sha256, time.time(), file_id),
+            )
+
+    def record_uploaded(self, file_id: int, host: str, uploaded: Uploaded, sha256: str, when: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE files SET state = ?, host = ?, remote_id = ?, link = ?, short_link = ?, "
+                "resolution = ?, uploaded_size = ?, uploaded_at = ?, uploaded_sha256 = ?, "
+                "upload_count = upload_count + 1, error_kind = NULL, reason = NULL, attempts = 0, "
+                "next_attempt_at = 0, updated_at = ? WHERE id = ?",
+                (
+                    UPLOADED,
+                    host,
+                    uploaded.remote_id,
+                    uploaded.link,
+                    uploaded.short_link,
+                    uploaded.resolution,
+                    uploaded.size,
+                    when,
+                    sha256,
+                    time.time(),
+                    file_id,
+                ),
+            )
+
+    def record_done(
+        self, file_id: int, sidecar_path: str, push: dict[str, object] | None, push_error: str | None = None
+    ) -> None:
+        """Sidecar written; with `push`, queue the Baidu submission in the same transaction.
+
+        `push_error` records a submission that failed local validation (never sent).
+        """
+        now = time.time()
+        with self._write() as db:
+            db.execute(
+                "UPDATE files SET state = ?, sidecar_path = ?, error_kind = NULL, reason = NULL, "
+                "attempts = 0, next_attempt_at = 0, updated_at = ? WHERE id = ?",
+                (DONE, sidecar_path, now, file_id),
+            )
+            baidu_id = db.execute("SELECT baidu_id FROM files WHERE id = ?", (file_id,)).fetchone()[0]
+            if push is not None:
+                self._queue_outbox(db, file_id, "push", baidu_id, push, now)
+            elif push_error is not None:
+                self._queue_outbox(db, file_id, "push", baidu_id, None, now, FAILED, push_error)
+
+    def record_retry(self, file_id: int, state: str, kind: str, reason: str, at: float) -> None:
+        """Put the file back to `state` (pending or uploaded) to be tried again at `at`."""
+        self._set(file_id, state=state, error_kind=kind, reason=reason, next_attempt_at=at)
+
+    def record_failed(self, file_id: int, kind: str, reason: str) -> None:
+        """A permanent failure: never retried automatically (`watchd retry` does it)."""
+        self._set(file_id, state=FAILED, error_kind=kind, reason=reason)
+
+    def record_failed_new(self, path: str, root: str, size: int, mtime_ns: int, reason: str) -> FileRow:
+        """A file that failed before it was ever queued (bad input): a row so `status` shows it."""
+        row = self.get(path)
+        if row is None:
+            row = self.add(path, root, size, mtime_ns, None, state=FAILED)
+        self._set(row.id, state=FAILED, size=size, mtime_ns=mtime_ns, error_kind="permanent", reason=reason)
+        return self.get_by_id(row.id) or row
+
+    def move(self, file_id: int, new_path: str, root: str, sidecar_path: str | None) -> None:
+        """The original was renamed or moved inside the watched folders."""
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM files WHERE path = ? AND id != ? AND state = ?", (new_path, file_id, FAILED)
+            )
+            db.execute(
+                "UPDATE files SET path = ?, last_path = ?, root = ?, sidecar_path = ?, missing_since = NULL, "
+                "updated_at = ? "
+                "WHERE id = ?",
+                (new_path, new_path, root, sidecar_path, time.time(), file_id),
+            )
+
+    def forget(self, file_id: int) -> None:
+        """Drop every trace of a file (`watchd forget`): it will be treated as new if seen again."""
+        with self._write() as db:
+            db.execute("DELETE FROM outbox WHERE file_id = ?", (file_id,))
+            db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+
+    def tombstone(self, file_id: int, withdraw: bool) -> None:
+        """The original is gone: keep the row (path NULL) and, if asked, queue its withdrawal.
+
+        A push still waiting in the outbox is cancelled instead: nothing to withdraw then.
+        Only what Baidu may hold (pushed, or a push in flight) is withdrawn.
+        """
+        now = time.time()
+        with self._write() as db:
+            db.execute(
+                "UPDATE files SET path = NULL, state = ?, missing_since = NULL, updated_at = ? WHERE id = ?",
+                (DELETED, now, file_id),
+            )
+            db.execute(
+                "DELETE FROM outbox WHERE file_id = ? AND action = 'push' AND state IN (?, ?, ?)",
+                (file_id, QUEUED, HELD, FAILED),
+            )
+            row = db.execute("SELECT baidu_id, pushed_at FROM files WHERE id = ?", (file_id,)).fetchone()
+            in_flight = db.execute(
+                "SELECT 1 FROM outbox WHERE file_id = ? AND action = 'push' AND state = ?", (file_id, SENDING)
+            ).fetchone()
+            if withdraw and row and (row[1] is not None or in_flight):
+                self._queue_outbox(db, file_id, "delete", row[0], None, now)
+
+    # -- the Baidu outbox --------------------------------------------------------------
+
+    @staticmethod
+    def _queue_outbox(
+        db: sqlite3.Connection,
+        file_id: int,
+        action: str,
+        baidu_id: str,
+        payload: dict[str, object] | None,
+        now: float,
+        state: str = QUEUED,
+        reason: str | None = None,
+    ) -> None:
+        db.execute(
+            "DELETE FROM outbox WHERE file_id = ? AND action = ? AND state IN (?, ?, ?)",
+            (file_id, action, QUEUED, HELD, FAILED),
+        )
+        db.execute(
+            "INSERT INTO outbox (file_id, action, baidu_id, payload, state, reason, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (file_id, action, baidu_id, json.dumps(payload) if payload else None, state, reason, now, now),
+        )
+
+    def due_outbox(self, action: str, now: float, limit: int) -> list[OutboxRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, file_id, action, baidu_id, payload, state, attempts, next_attempt_at, reason "
+                "FROM outbox WHERE state = ? AND action = ? AND next_attempt_at <= ? "
+                "ORDER BY next_attempt_at, id LIMIT ?",
+                (QUEUED, action, now, limit),
+            ).fetchall()
+        return [OutboxRow(*r[:4], json.loads(r[4]) if r[4] else None, *r[5:]) for r in rows]
+
+    def outbox_depth(self, action: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM outbox WHERE state IN (?, ?, ?)"
+        args: list[object] = [QUEUED, SENDING, HELD]
+        if action:
+            sql += " AND action = ?"
+            args.append(action)
+        with self._lock:
+            return int(self._db.execute(sql, args).fetchone()[0])
+
+    def next_outbox_time(self) -> float | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(next_attempt_at) FROM outbox WHERE state = ?", (QUEUED,)
+            ).fetchone()
+        return row[0]
+
+    def mark_sending(self, ids: Sequence[int]) -> None:
+        """Intent: these outbox items are about to be sent."""
+        with self._write() as db:
+            db.executemany(
+                "UPDATE outbox SET state = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                [(SENDING, time.time(), i) for i in ids],
+            )
+
+    def outbox_sent(self, row: OutboxRow, when: str) -> None:
+        """Baidu has the item (or, for a delete, no longer has it)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE outbox SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
+                (SENT, time.time(), row.id),
+            )
+            pushed_at = when if row.action == "push" else None
+            db.execute("UPDATE files SET pushed_at = ? WHERE id = ?", (pushed_at, row.file_id))
+
+    def outbox_retry(self, ids: Sequence[int], reason: str, at: float) -> None:
+        with self._write() as db:
+            db.executemany(
+                "UPDATE outbox SET state = ?, reason = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                [(QUEUED, reason, at, time.time(), i) for i in ids],
+            )
+
+    def outbox_failed(self, row: OutboxRow, reason: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE outbox SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
+                (FAILED, reason, time.time(), row.id),
+            )
+
+    def recover(self) -> tuple[int, int]:
+        """After a crash: interrupted uploads and batches go back to the queue.
+
+        Returns (files requeued, outbox items requeued). An interrupted upload may have
+        reached the host; it is uploaded again (at most one duplicate per item in flight).
+        """
+        with self._write() as db:
+            files = db.execute(
+                "UPDATE files SET state = ?, next_attempt_at = 0 WHERE state = ?", (PENDING, UPLOADING)
+            ).rowcount
+            items = db.execute(
+                "UPDATE outbox SET state = ?, next_attempt_at = 0 WHERE state = ?", (QUEUED, SENDING)
+            ).rowcount
+        return files, items
+
+    # -- services and quotas -----------------------------------------------------------
+
+    def pause(self, name: str, kind: str, until: float | None, reason: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO services (name, paused_until, pause_kind, reason, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "paused_until = excluded.paused_until, pause_kind = excluded.pause_kind, "
+                "reason = excluded.reason, updated_at = excluded.updated_at",
+                (name, until, kind, reason, time.time()),
+            )
+
+    def resume(self, name: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM services WHERE name = ?", (name,))
+
+    def pauses(self) -> list[ServicePause]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, pause_kind, paused_until, reason FROM services ORDER BY name"
+            ).fetchall()
+        return [ServicePause(*row) for row in rows]
+
+    def count_quota(self, service: str, day: str, n: int = 1) -> int:
+        """Add `n` to today's use of `service`; returns the new total."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO quota (service, day, used) VALUES (?, ?, ?) "
+                "ON CONFLICT (service, day) DO UPDATE SET used = used + excluded.used",
+                (service, day, n),
+            )
+            return int(
+                db.execute("SELECT used FROM quota WHERE service = ? AND day = ?", (service, day)).fetchone()[
+                    0
+                ]
+            )
+
+    def quota_used(self, service: str, day: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT used FROM quota WHERE service = ? AND day = ?", (service, day)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- status ------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
+        counts = dict.fromkeys(STATES, 0)
+        counts.update({state: n for state, n in rows})
+        return counts
+
+    def live_count(self, root: str) -> int:
+        """Files the journal knows in one watched folder (vanished ones included, tombstones not)."""
+        with self._lock:
+            return int(
+                self._db.execute(
+                    "SELECT COUNT(*) FROM files WHERE root = ? AND path IS NOT NULL", (root,)
+                ).fetchone()[0]
+            )
+
+    def counts_by_root(self) -> dict[str, dict[str, int]]:
+        """Live files per watched folder and state (tombstones have no folder any more)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT root, state, COUNT(*) FROM files WHERE path IS NOT NULL GROUP BY root, state"
+            ).fetchall()
+        result: dict[str, dict[str, int]] = {}
+        for root, state, n in rows:
+            result.setdefault(root, dict.fromkeys(STATES, 0))[state] = n
+        return result
+
+    def retry_failed(self, paths: Sequence[str] | None = None) -> int:
+        """Queue failed files (all, or those at `paths`) again; returns how many."""
+        sql = "UPDATE files SET state = ?, attempts = 0, next_attempt_at = 0 WHERE state = ?"
+        args: list[object] = [PENDING, FAILED]
+        with self._write() as db:
+            if paths is None:
+                n = db.execute(sql, args).rowcount
+                n += db.execute(
+                    "UPDATE outbox SET state = ?, next_attempt_at = 0 "
+                    "WHERE state = ? AND payload IS NOT NULL",
+                    (QUEUED, FAILED),
+                ).rowcount
+                return n
+            return sum(db.execute(sql + " AND path = ?", (*args, path)).rowcount for path in paths)
+
+    def recent_failures(self, limit: int = 20) -> list[FileRow]:
+        return self._many(
+            "SELECT * FROM files WHERE state = ? OR (state IN (?, ?) AND reason IS NOT NULL) "
+            "ORDER BY updated_at DESC LIMIT ?",
+            (FAILED, PENDING, UPLOADED, limit),
+        )
+
+    def outbox_failures(self, limit: int = 20) -> list[OutboxRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, file_id, action, baidu_id, payload, state, attempts, next_attempt_at, reason "
+                "FROM outbox WHERE state = ? ORDER BY updated_at DESC LIMIT ?",
+                (FAILED, limit),
+            ).fetchall()
+        return [OutboxRow(*r[:4], json.loads(r[4]) if r[4] else None, *r[5:]) for r in rows]
+
+    def _set(self, file_id: int, **fields: object) -> None:
+        columns = ", ".join(f"{name} = ?" for name in fields)
+        with self._write() as db:
+            db.execute(
+                f"UPDATE files SET {columns}, updated_at = ? WHERE id = ?",
+                (*fields.values(), time.time(), file_id),
+            )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("PRAGMA foreign_keys = ON")
+    db.isolation_level = "DEFERRED"
+    return db

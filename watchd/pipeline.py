@@ -1,0 +1,410 @@
+"""The steps one file goes through, each ending in a journal write.
+
+`intake` decides (on the engine's loop thread) whether a path is new work; `process` does
+the work (on an upload worker): inspect → claim in the journal → upload → sidecar → queue
+for Baidu. Every step records its outcome before the next begins, so a crash anywhere is
+resumed from the journal. Only this module and the batcher turn service errors into
+journal states; the clients only classify.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from watchd import journal as j
+from watchd.config import FolderSettings, Settings
+from watchd.errors import (
+    ConfigurationError,
+    PermanentFileError,
+    QuotaError,
+    ServiceError,
+)
+from watchd.hosts.base import Host, UploadRequest
+from watchd.imagefile import inspect_image, sha256_file
+from watchd.indexers.baidu import encode_url, make_title, validate_push_item
+from watchd.indexers.base import PushItem
+from watchd.journal import FileRow, Journal
+from watchd.quota import QuotaGate
+from watchd.retry import backoff_delay, call_with_retry
+from watchd.rules import RULE_FILE_NAME, EffectiveRules, RuleFileError, RuleResolver
+from watchd.sidecar import (
+    TEMP_MARKER,
+    SidecarRecord,
+    remove_sidecar,
+    render_sidecar,
+    sidecar_path,
+    write_atomic,
+)
+from watchd.templates import file_context, render
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif"})
+UNSUPPORTED_SUFFIXES = frozenset(
+    {".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".svg"}
+)
+TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", "~", ".swp", ".!sync")
+CONFIG_PAUSE_RECHECK = 3600.0
+
+
+class Intake(enum.Enum):
+    """What `intake` made of a path."""
+
+    IGNORED = "ignored"  # not ours: not an image name, excluded, hidden, vanished
+    UNCHANGED = "unchanged"  # the journal already has exactly this
+    QUEUED = "queued"  # queued for upload
+    WAIT = "wait"  # looks unfinished: check again once it stops changing
+    FAILED = "failed"  # bad input, recorded with its reason
+    MOVED = "moved"  # the same content vanished elsewhere: a move
+
+
+def candidate_name(name: str) -> bool:
+    """Could this file name be an image of ours? (Cheap: used on every event and scanned file.)"""
+    if name.startswith(".") or TEMP_MARKER in name or name == RULE_FILE_NAME or name.endswith(TEMP_SUFFIXES):
+        return False
+    suffix = os.path.splitext(name)[1].lower()
+    return suffix in IMAGE_SUFFIXES or suffix in UNSUPPORTED_SUFFIXES
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Pipeline:
+    """Per-file work, shared by the daemon (`run`) and the one-pass `sync`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal,
+        hosts: dict[str, Host],
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.hosts = hosts
+        self.clock = clock
+        self.sleep = sleep
+        self.resolver = RuleResolver(settings)
+        self.quotas = {
+            name: QuotaGate(journal, f"imageban:{name}", host.quota, host.quota_reset_tz, clock)
+            for name, host in settings.hosts.items()
+        }
+
+    # -- deciding --------------------------------------------------------------------
+
+    def folder_for(self, path: str) -> FolderSettings | None:
+        return self.resolver.folder_for(Path(path))
+
+    def intake(self, path: str, *, settled: bool) -> Intake:
+        """Decide what a finished (or, unless `settled`, possibly unfinished) file needs."""
+        folder = self.folder_for(path)
+        if folder is None or not candidate_name(os.path.basename(path)):
+            return Intake.IGNORED
+        root = str(folder.path)
+        try:
+            self.resolver.rules_for(Path(path))
+        except RuleFileError as exc:
+            return self._reject(path, root, None, f"rule file problem: {exc}")
+        if not self.resolver.is_candidate(Path(path)):
+            return Intake.IGNORED
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return Intake.IGNORED
+        except OSError as exc:
+            return self._reject(path, root, None, f"cannot read {path}: {exc.strerror}; fix its permissions")
+        if not stat.S_ISREG(info.st_mode):
+            return Intake.IGNORED
+        row = self.journal.get(path)
+        if row is not None and row.missing_since is not None:
+            self.journal.mark_missing(row.id, None)
+        if row is not None and (row.size, row.mtime_ns) == (info.st_size, info.st_mtime_ns):
+            return Intake.UNCHANGED
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix in UNSUPPORTED_SUFFIXES:
+            return self._reject(
+                path,
+                root,
+                info,
+                f"{suffix[1:].upper()} is not accepted by ImageBan (JPEG, PNG and GIF only): convert it",
+            )
+        try:
+            image = inspect_image(Path(path))
+        except PermanentFileError as exc:
+            return self._reject(path, root, info, exc.message)
+        if not image.complete:
+            if not settled:
+                return Intake.WAIT
+            return self._reject(
+                path,
+                root,
+                info,
+                f"truncated {image.kind.upper()}: the file ends before the image does "
+                "(an interrupted copy?); copy it again",
+            )
+        return self._queue(path, root, row, info)
+
+    def _queue(self, path: str, root: str, row: FileRow | None, info: os.stat_result) -> Intake:
+        if row is None:
+            if self.journal.has_missing_of_size(info.st_size):
+                source = self.journal.find_moved_source(sha256_file(Path(path)), info.st_size)
+                if source is not None:
+                    self.move(source, path)
+                    return Intake.MOVED
+            self.journal.add(path, root, info.st_size, info.st_mtime_ns, None)
+            return Intake.QUEUED
+        if row.uploaded_sha256 is not None and sha256_file(Path(path)) == row.uploaded_sha256:
+            self.journal.touch(row.id, info.st_size, info.st_mtime_ns)
+            if row.state == j.FAILED:
+                self.journal.requeue(row.id, info.st_size, info.st_mtime_ns, row.sha256)
+                return Intake.QUEUED
+            return Intake.UNCHANGED
+        self.journal.requeue(row.id, info.st_size, info.st_mtime_ns, None)
+        return Intake.QUEUED
+
+    def _reject(self, path: str, root: str, info: os.stat_result | None, reason: str) -> Intake:
+        size, mtime = (info.st_size, info.st_mtime_ns) if info else (0, 0)
+        self.journal.record_failed_new(path, root, size, mtime, reason)
+        log.warning("not uploaded: %s: %s", path, reason, extra={"path": path})
+        return Intake.FAILED
+
+    # -- doing -----------------------------------------------------------------------
+
+    def process(self, file_id: int) -> str:
+        """Upload (if needed) and write the sidecar of one queued file; returns the outcome.
+
+        Outcomes: "done", "failed", "retry" (scheduled later), "paused" (service paused),
+        "gone" (the row or the file vanished meanwhile).
+        """
+        row = self.journal.get_by_id(file_id)
+        if row is None or row.path is None:
+            return "gone"
+        try:
+            rules = self.resolver.rules_for(Path(row.path))
+        except RuleFileError as exc:
+            self.journal.record_failed(row.id, "rules", f"rule file problem: {exc}")
+            return "failed"
+        if row.state == j.PENDING:
+            outcome = self._upload(row, rules)
+            if outcome != "uploaded":
+                return outcome
+            row = self.journal.get_by_id(file_id)
+            assert row is not None
+        if row.state != j.UPLOADED:
+            return "gone"
+        return self._finish(row, rules)
+
+    def _upload(self, row: FileRow, rules: EffectiveRules) -> str:
+        assert row.path is not None
+        path = Path(row.path)
+        host = self.hosts[rules.host]
+        service = f"imageban:{rules.host}"
+        if self.paused_until(service) is not None:
+            return self._defer(row, j.PENDING, "paused", f"{service} is paused", self._pause_end(service))
+        try:
+            image = inspect_image(path)
+            if not image.complete:
+                raise PermanentFileError(
+                    f"truncated {image.kind.upper()}: the file ends before the image does"
+                )
+            sha = sha256_file(path)
+        except FileNotFoundError:
+            return "gone"
+        except PermanentFileError as exc:
+            self.journal.record_failed(row.id, "permanent", exc.message)
+            log.warning("not uploaded: %s: %s", path, exc.message)
+            return "failed"
+        quota = self.quotas[rules.host]
+        if not quota.take():
+            reason = (
+                f"daily quota of {quota.limit} uploads used up; resumes at {_clock_time(quota.reset_at())}"
+            )
+            self.journal.pause(service, "quota", quota.reset_at(), reason)
+            return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
+        self.journal.claim_upload(row.id, sha)
+        try:
+            uploaded = call_with_retry(
+                lambda: host.upload(UploadRequest(path, path.name, rules.album)),
+                sleep=self.sleep,
+                describe=f"upload of {path}",
+            )
+        except ServiceError as exc:
+            return self._upload_failed(row, service, exc)
+        except FileNotFoundError:
+            self.journal.record_retry(row.id, j.PENDING, "transient", "file vanished during upload", 0)
+            return "gone"
+        self.journal.record_uploaded(row.id, rules.host, uploaded, sha, utc_now())
+        log.info("uploaded %s → %s", path, uploaded.link, extra={"path": str(path)})
+        return "uploaded"
+
+    def _upload_failed(self, row: FileRow, service: str, exc: ServiceError) -> str:
+        if isinstance(exc, PermanentFileError):
+            self.journal.record_failed(row.id, "permanent", exc.message)
+            log.warning("not uploaded: %s: %s", row.path, exc)
+            return "failed"
+        if isinstance(exc, QuotaError):
+            quota = self.quotas[service.split(":", 1)[1]]
+            reason = f"{exc}; resumes at {_clock_time(quota.reset_at())}"
+            self.journal.pause(service, "quota", quota.reset_at(), reason)
+            log.error(
+                "%s: daily quota reached; uploads wait until %s", service, _clock_time(quota.reset_at())
+            )
+            return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
+        if isinstance(exc, ConfigurationError):
+            reason = f"{exc}: fix the credentials in the config, then reload (systemctl reload watchd)"
+            self.journal.pause(service, "configuration", None, reason)
+            log.error("%s paused: %s", service, reason)
+            return self._defer(row, j.PENDING, "configuration", reason, self.clock() + CONFIG_PAUSE_RECHECK)
+        retry_at = self.clock() + backoff_delay(row.attempts + 1)
+        return self._defer(row, j.PENDING, "transient", str(exc), retry_at, outcome="retry")
+
+    def _defer(
+        self, row: FileRow, state: str, kind: str, reason: str, at: float, outcome: str = "paused"
+    ) -> str:
+        self.journal.record_retry(row.id, state, kind, reason, at)
+        return outcome
+
+    def _finish(self, row: FileRow, rules: EffectiveRules) -> str:
+        try:
+            sidecar = self.write_sidecar(row, rules)
+        except OSError as exc:
+            reason = (
+                f"cannot write the sidecar next to {row.path}: {exc.strerror}; "
+                "free disk space or make the folder writable (retrying)"
+            )
+            log.error("%s", reason)
+            retry_at = self.clock() + backoff_delay(row.attempts + 1, initial=10.0)
+            self.journal.record_retry(row.id, j.UPLOADED, "disk", reason, retry_at)
+            return "retry"
+        if row.sidecar_path and row.sidecar_path != str(sidecar):
+            remove_sidecar(Path(row.sidecar_path))
+        push, push_error = self._push_payload(row, rules)
+        self.journal.record_done(row.id, str(sidecar), push, push_error)
+        return "done"
+
+    def write_sidecar(self, row: FileRow, rules: EffectiveRules | None = None) -> Path:
+        """(Re)write the sidecar of an uploaded file from its journal row; returns its path."""
+        assert row.path is not None
+        path = Path(row.path)
+        rules = rules or self.resolver.rules_for(path)
+        uploaded = row.uploaded()
+        assert uploaded is not None and row.host is not None
+        context = self._context(row)
+        target = sidecar_path(path, rules.sidecar_name, context)
+        record = SidecarRecord(
+            original=path,
+            link=uploaded.link,
+            short_link=uploaded.short_link,
+            remote_id=uploaded.remote_id,
+            host=row.host,
+            sha256=row.uploaded_sha256 or "",
+            size=row.size,
+            resolution=uploaded.resolution,
+            uploaded_at=row.uploaded_at or "",
+            baidu_id=row.baidu_id if row.pushed_at else None,
+            pushed_at=row.pushed_at,
+        )
+        write_atomic(target, render_sidecar(rules.sidecar_format, record))
+        return target
+
+    def _context(self, row: FileRow) -> dict[str, str]:
+        assert row.path is not None
+        context = file_context(Path(row.path), Path(row.root))
+        context.update(link=row.link or "", short_link=row.short_link or "", id=row.remote_id or "")
+        return context
+
+    def _push_payload(
+        self, row: FileRow, rules: EffectiveRules
+    ) -> tuple[dict[str, object] | None, str | None]:
+        """The Baidu item for this file, validated now so a doomed request is never sent."""
+        if self.settings.baidu is None or not rules.baidu:
+            return None, None
+        context = self._context(row)
+        try:
+            item = PushItem(
+                id=row.baidu_id,
+                title=make_title(render(rules.title, context), context["folder"]),
+                objurl=encode_url(row.link or ""),
+                fromurl=encode_url(render(rules.fromurl, context)),
+                edit_time=row.mtime_ns // 1_000_000_000,
+                tags=tuple(rules.tags),
+                copyright=rules.copyright,
+                modify=row.pushed_at is not None,
+            )
+            validate_push_item(item)
+        except (PermanentFileError, ValueError) as exc:
+            reason = exc.message if isinstance(exc, ServiceError) else str(exc)
+            log.warning("not submitted to Baidu: %s: %s", row.path, reason)
+            return None, reason
+        return asdict(item), None
+
+    # -- moves and deletions -----------------------------------------------------------
+
+    def move(self, row: FileRow, dest: str) -> None:
+        """The original moved inside the watched folders: no re-upload, the sidecar follows."""
+        folder = self.folder_for(dest)
+        assert folder is not None
+        old_sidecar = row.sidecar_path
+        self.journal.move(row.id, dest, str(folder.path), None)
+        moved = self.journal.get_by_id(row.id)
+        assert moved is not None
+        if moved.state == j.DONE:
+            try:
+                sidecar = self.write_sidecar(moved)
+            except (OSError, RuleFileError) as exc:
+                log.error("moved %s → %s but could not rewrite its sidecar: %s", row.last_path, dest, exc)
+                self.journal.record_retry(row.id, j.UPLOADED, "disk", str(exc), self.clock() + 10)
+                return
+            self.journal.move(row.id, dest, str(folder.path), str(sidecar))
+        if old_sidecar and old_sidecar != moved.sidecar_path:
+            remove_sidecar(Path(old_sidecar))
+        log.info("moved %s → %s (no re-upload)", row.last_path, dest)
+
+    def retire(self, row: FileRow) -> bool:
+        """The original is gone for good: remove its sidecar, keep a tombstone, queue withdrawal.
+
+        Returns whether a Baidu withdrawal was queued.
+        """
+        try:
+            rules = self.resolver.rules_for(Path(row.last_path))
+            withdraw = self.settings.baidu is not None and rules.baidu and rules.delete
+        except RuleFileError:
+            withdraw = self.settings.baidu is not None
+        if row.sidecar_path:
+            remove_sidecar(Path(row.sidecar_path))
+        self.journal.tombstone(row.id, withdraw)
+        log.info("deleted: %s%s", row.last_path, " (withdrawal from Baidu queued)" if withdraw else "")
+        return withdraw
+
+    # -- services ----------------------------------------------------------------------
+
+    def paused_until(self, service: str) -> float | None:
+        """When a paused service resumes (inf for a configuration pause), or None if it is not paused."""
+        for pause in self.journal.pauses():
+            if pause.name != service:
+                continue
+            if pause.until is None:
+                return float("inf")
+            if pause.until > self.clock():
+                return pause.until
+            self.journal.resume(service)
+        return None
+
+    def _pause_end(self, service: str) -> float:
+        until = self.paused_until(service) or 0.0
+        return until if until != float("inf") else self.clock() + CONFIG_PAUSE_RECHECK
+
+
+def _clock_time(when: float) -> str:
+    return datetime.fromtimestamp(when).astimezone().isoformat(timespec="minutes")

@@ -1,0 +1,150 @@
+"""`watchd status`: what the journal says, as a table for people or JSON for scripts."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from watchd import journal as j
+from watchd.batcher import SERVICE as BAIDU
+from watchd.config import Settings
+from watchd.journal import Journal
+from watchd.quota import day_key, next_reset
+
+SCHEMA_VERSION = 1
+
+
+def _iso(when: float | None) -> str | None:
+    return None if when is None else datetime.fromtimestamp(when).astimezone().isoformat(timespec="seconds")
+
+
+def build_status(settings: Settings, journal: Journal, now: float | None = None) -> dict[str, Any]:
+    """Everything `status` shows, as plain data (the `--json` schema, version `SCHEMA_VERSION`)."""
+    now = time.time() if now is None else now
+    counts = journal.counts()
+    by_root = journal.counts_by_root()
+    pauses = {p.name: {"kind": p.kind, "until": _iso(p.until), "reason": p.reason} for p in journal.pauses()}
+    hosts = {}
+    for name, host in settings.hosts.items():
+        service = f"imageban:{name}"
+        hosts[name] = {
+            "auth": "account" if host.secret_key is not None else "guest",
+            "used_today": journal.quota_used(service, day_key(host.quota_reset_tz, now)),
+            "daily_quota": host.quota,
+            "resets_at": _iso(next_reset(host.quota_reset_tz, now)),
+            "paused": pauses.get(service),
+        }
+    baidu = None
+    if settings.baidu is not None:
+        tz = settings.baidu.quota_reset_tz
+        baidu = {
+            "submitted_today": journal.quota_used(BAIDU, day_key(tz, now)),
+            "daily_quota": settings.baidu.daily_quota,
+            "resets_at": _iso(next_reset(tz, now)),
+            "queue_push": journal.outbox_depth("push"),
+            "queue_delete": journal.outbox_depth("delete"),
+            "paused": pauses.get(BAIDU),
+        }
+    return {
+        "schema": SCHEMA_VERSION,
+        "journal": str(journal.path),
+        "files": counts,
+        "queue": {
+            "uploads": counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED],
+            "baidu": journal.outbox_depth(),
+            "held_deletes": journal.held_deletes(),
+        },
+        "folders": [
+            {
+                "path": str(folder.path),
+                "available": folder.path.is_dir(),
+                "files": by_root.get(str(folder.path), dict.fromkeys(j.STATES, 0)),
+            }
+            for folder in settings.folders
+        ],
+        "hosts": hosts,
+        "baidu": baidu,
+        "paused": pauses,
+        "recent_failures": [
+            {
+                "path": row.path or row.last_path,
+                "state": row.state,
+                "kind": row.error_kind,
+                "reason": row.reason,
+                "at": _iso(row.updated_at),
+                "next_attempt_at": _iso(row.next_attempt_at) if row.state != j.FAILED else None,
+            }
+            for row in journal.recent_failures()
+        ],
+        "baidu_failures": [
+            {"id": row.baidu_id, "action": row.action, "reason": row.reason}
+            for row in journal.outbox_failures()
+        ],
+    }
+
+
+def render_status(status: dict[str, Any], console: Console) -> None:
+    """The same data as a few tables for people."""
+    folders = Table(title="Folders", title_justify="left")
+    for column in ("folder", "available", *j.STATES):
+        folders.add_column(column, justify="right" if column in j.STATES else "left")
+    for folder in status["folders"]:
+        folders.add_row(
+            folder["path"],
+            "yes" if folder["available"] else "[red]NO[/red]",
+            *(str(folder["files"][state]) for state in j.STATES),
+        )
+    console.print(folders)
+    services = Table(title="Services", title_justify="left")
+    for column in ("service", "auth", "used today", "daily quota", "resets at", "queue", "state"):
+        services.add_column(column)
+    for name, host in status["hosts"].items():
+        services.add_row(
+            f"imageban:{name}",
+            host["auth"],
+            str(host["used_today"]),
+            str(host["daily_quota"]),
+            host["resets_at"],
+            str(status["queue"]["uploads"]),
+            _state(host["paused"]),
+        )
+    baidu = status["baidu"]
+    if baidu is not None:
+        services.add_row(
+            "baidu",
+            "app",
+            str(baidu["submitted_today"]),
+            str(baidu["daily_quota"] or "unknown"),
+            baidu["resets_at"],
+            f"{baidu['queue_push']} push / {baidu['queue_delete']} delete",
+            _state(baidu["paused"]),
+        )
+    console.print(services)
+    if status["queue"]["held_deletes"]:
+        console.print(
+            f"[red]{status['queue']['held_deletes']} deletions are held by the mass-delete guard[/red]: "
+            "run `watchd confirm-deletes` if they are intended, or restore the files."
+        )
+    if status["recent_failures"] or status["baidu_failures"]:
+        failures = Table(title="Recent problems", title_justify="left")
+        failures.add_column("file")
+        failures.add_column("state")
+        failures.add_column("reason")
+        for row in status["recent_failures"]:
+            failures.add_row(row["path"], row["state"], row["reason"] or "")
+        for row in status["baidu_failures"]:
+            failures.add_row(f"baidu {row['action']} {row['id']}", "failed", row["reason"] or "")
+        console.print(failures)
+    else:
+        console.print("No problems recorded.")
+
+
+def _state(pause: dict[str, Any] | None) -> str:
+    if pause is None:
+        return "[green]active[/green]"
+    until = f" until {pause['until']}" if pause["until"] else " until the config is fixed and reloaded"
+    return f"[red]paused ({pause['kind']}){until}[/red]: {pause['reason']}"

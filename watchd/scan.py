@@ -1,0 +1,94 @@
+"""Reconciliation: compare a watched folder with the journal and report the differences.
+
+Used at start-up, by `watchd sync`, after an event-queue overflow and by the periodic
+safety rescan. The directory walk and the journal are both produced in the same sorted
+order and merged like two sorted lists, so memory stays bounded by one directory listing
+and one page of journal rows, however many files there are. Only size and mtime are
+compared here; the engine hashes a file only when those changed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchd.journal import Journal
+
+
+@dataclass(frozen=True)
+class Difference:
+    """`kind` is "new" (not in the journal), "changed" (size/mtime differ) or "missing"."""
+
+    kind: str
+    path: str
+
+
+def walk_sorted(
+    root: str, recursive: bool, wanted: Callable[[str], bool], unreadable: set[str]
+) -> Iterator[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of every wanted regular file below `root`, in byte order of path.
+
+    A directory's entries are sorted by name, with "/" appended to directory names, which
+    makes the depth-first walk come out in plain string order of the full paths (the order
+    SQLite's `ORDER BY path` uses). Hidden directories are not entered. A directory that
+    cannot be listed is added to `unreadable` before the walk goes past it.
+    """
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        unreadable.add(root)
+        return
+    keyed = []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            continue
+        keyed.append((entry.name + "/" if is_dir else entry.name, is_dir, entry))
+    keyed.sort(key=lambda item: item[0])
+    for _key, is_dir, entry in keyed:
+        if is_dir:
+            if recursive and not entry.name.startswith("."):
+                yield from walk_sorted(entry.path, recursive, wanted, unreadable)
+            continue
+        if not wanted(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            yield entry.path, info.st_size, info.st_mtime_ns
+
+
+def reconcile(
+    journal: Journal, root: Path, recursive: bool, wanted: Callable[[str], bool]
+) -> Iterator[Difference]:
+    """Every difference between `root` on disk and the journal's rows under it.
+
+    `wanted(name)` is a cheap filter on file names (image extensions); include/exclude
+    rules are the engine's business. Rows under a directory that cannot be read are not
+    reported missing: an unreadable directory is not a deleted one.
+    """
+    unreadable: set[str] = set()
+    disk = walk_sorted(str(root), recursive, wanted, unreadable)
+    rows = journal.iter_root(str(root))
+    file = next(disk, None)
+    row = next(rows, None)
+    while file is not None or row is not None:
+        if row is None or (file is not None and file[0] < row[0]):
+            assert file is not None
+            yield Difference("new", file[0])
+            file = next(disk, None)
+        elif file is None or row[0] < file[0]:
+            if not any(row[0].startswith(d + "/") for d in unreadable):
+                yield Difference("missing", row[0])
+            row = next(rows, None)
+        else:
+            if (file[1], file[2]) != (row[1], row[2]):
+                yield Difference("changed", file[0])
+            file = next(disk, None)
+            row = next(rows, None)

@@ -1,0 +1,235 @@
+"""Filesystem events → plain facts about files, for the engine.
+
+watchdog's events are hints, not truth: the engine checks every fact against the disk and
+the journal before acting. This module only translates:
+
+- close-after-write, or a file moved in from outside → `Finished` (act now);
+- created / modified without a close (polling observers, hard links) → `Changed` (the
+  engine waits until size and mtime stay stable for the settle interval);
+- a rename inside the watched tree → `Moved`; a file deleted or moved out → `Gone`;
+- a directory moved in → `Rescan` of it; a directory deleted or moved out → `DirGone`.
+
+Folders on network or FUSE filesystems (where inotify sees no remote changes) are polled,
+and so is any folder for which the inotify watch limit is exhausted.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import (
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyObserver
+from watchdog.observers.polling import PollingObserver
+
+log = logging.getLogger(__name__)
+
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "davfs", "afs", "lustre", "gpfs"}
+)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A file is fully written (closed after writing, or moved in whole)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Changed:
+    """A file was created or written; it is finished once it stops changing."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A file was renamed or moved from `src` to `dest`, both inside a watched folder."""
+
+    src: str
+    dest: str
+
+
+@dataclass(frozen=True)
+class Gone:
+    """A file was deleted, or moved out of every watched folder."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class DirGone:
+    """A directory was deleted or moved out: every file the journal knows below it is gone."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Rescan:
+    """Events may have been missed below `path` (a directory moved in, a queue overflow)."""
+
+    path: str
+
+
+Fact = Finished | Changed | Moved | Gone | DirGone | Rescan
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    """One watched folder: `poll` None means "decide from the filesystem type"."""
+
+    root: Path
+    recursive: bool
+    poll: bool | None = None
+    poll_interval: float | None = None
+
+
+def filesystem_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The filesystem type of the mount holding `path` ("" when it cannot be told)."""
+    best, fstype = "", ""
+    target = os.path.realpath(path)
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                fields = line.split()
+                try:
+                    mount_point = fields[4].replace("\\040", " ")
+                    kind = fields[fields.index("-") + 1]
+                except (IndexError, ValueError):
+                    continue
+                inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best):
+                    best, fstype = mount_point, kind
+    except OSError:
+        return ""
+    return fstype
+
+
+def needs_polling(path: Path) -> bool:
+    """True for network and FUSE filesystems, where inotify does not see remote changes."""
+    fstype = filesystem_type(path)
+    return fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse")
+
+
+def default_poll_interval(root: Path, cap: int = 10_000) -> float:
+    """Poll interval scaled to the tree size: a full stat walk should cost a small share of time."""
+    count = 0
+    for _dirpath, _dirs, files in os.walk(root):
+        count += len(files)
+        if count >= cap:
+            break
+    return min(60.0, max(2.0, count / 500))
+
+
+class _Translator(FileSystemEventHandler):
+    """Turns watchdog events into facts and hands them to `sink` (called on watchdog's thread)."""
+
+    def __init__(self, sink: Callable[[Fact], None]) -> None:
+        self._sink = sink
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        fact = translate(event)
+        if fact is not None:
+            self._sink(fact)
+
+
+def translate(event: FileSystemEvent) -> Fact | None:
+    """The fact an event stands for, or None for events that say nothing new."""
+    src = os.fsdecode(event.src_path)
+    dest = os.fsdecode(event.dest_path)
+    if isinstance(event, FileClosedEvent):
+        return Finished(src)
+    if isinstance(event, FileCreatedEvent | FileModifiedEvent):
+        return Changed(src)
+    if isinstance(event, FileDeletedEvent):
+        return Gone(src)
+    if isinstance(event, FileMovedEvent):
+        if not src:
+            return Finished(dest)
+        if not dest:
+            return Gone(src)
+        return Moved(src, dest)
+    if isinstance(event, DirMovedEvent):
+        if not src:
+            return Rescan(dest)
+        if not dest:
+            return DirGone(src)
+        return None  # watchdog reports a FileMovedEvent for every file inside
+    if isinstance(event, DirDeletedEvent):
+        return DirGone(src)
+    return None
+
+
+class FolderWatcher:
+    """Watches every folder with the right observer and reports facts to `sink`."""
+
+    def __init__(self, specs: list[WatchSpec], sink: Callable[[Fact], None]) -> None:
+        self._specs = specs
+        self._handler = _Translator(sink)
+        self._inotify: BaseObserver = InotifyObserver(generate_full_events=True)
+        self._polling: dict[float, BaseObserver] = {}
+        self.polled: list[Path] = []
+        self.unavailable: list[Path] = []
+
+    def start(self) -> None:
+        for spec in self._specs:
+            self._schedule(spec)
+        self._inotify.start()
+        for observer in self._polling.values():
+            observer.start()
+
+    def stop(self) -> None:
+        for observer in (self._inotify, *self._polling.values()):
+            observer.stop()
+        for observer in (self._inotify, *self._polling.values()):
+            if observer.is_alive():
+                observer.join(timeout=5)
+
+    def _schedule(self, spec: WatchSpec) -> None:
+        if not spec.root.is_dir():
+            log.error(
+                "watched folder %s is missing or not a directory: its files are kept as they are "
+                "(nothing is withdrawn); mount or create it and send SIGHUP or restart",
+                spec.root,
+            )
+            self.unavailable.append(spec.root)
+            return
+        poll = spec.poll if spec.poll is not None else needs_polling(spec.root)
+        if not poll:
+            try:
+                self._inotify.schedule(self._handler, str(spec.root), recursive=spec.recursive)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                    raise
+                log.error(
+                    "inotify watch limit reached while watching %s; polling it instead. Raise the limit: "
+                    "sudo sysctl fs.inotify.max_user_watches=524288 (and put "
+                    "'fs.inotify.max_user_watches=524288' in /etc/sysctl.d/90-watchd.conf)",
+                    spec.root,
+                )
+        interval = spec.poll_interval or default_poll_interval(spec.root)
+        observer = self._polling.get(interval)
+        if observer is None:
+            observer = self._polling[interval] = PollingObserver(timeout=interval)
+        observer.schedule(self._handler, str(spec.root), recursive=spec.recursive)
+        self.polled.append(spec.root)
+        log.info(
+            "polling %s every %.0f s (network/FUSE filesystem or inotify unavailable)", spec.root, interval
+        )
