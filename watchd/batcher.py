@@ -19,7 +19,6 @@ from watchd.indexers.base import Indexer, ItemResult, PushItem
 from watchd.journal import Journal, OutboxRow
 from watchd.pipeline import Pipeline, utc_now
 from watchd.quota import QuotaGate
-from watchd.retry import backoff_delay, call_with_retry
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,6 @@ class BaiduBatcher:
         *,
         linger: float = 0.5,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.journal = journal
         self.indexer = indexer
@@ -46,7 +44,6 @@ class BaiduBatcher:
         self.quota = quota
         self.linger = linger
         self.clock = clock
-        self.sleep = sleep
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._first_seen: dict[str, float] = {}
@@ -118,7 +115,7 @@ class BaiduBatcher:
             call = lambda: self.indexer.withdraw(keys)  # noqa: E731
         self.calls += 1
         try:
-            results = call_with_retry(call, sleep=self.sleep, describe=f"Baidu {action} of {len(rows)}")
+            results = self.pipeline.call_with_retry(call, f"Baidu {action} of {len(rows)}")
         except QuotaError as exc:
             self._pause_for_quota(ids, str(exc))
             return
@@ -130,7 +127,7 @@ class BaiduBatcher:
             return
         except ServiceError as exc:
             attempts = max(row.attempts for row in rows) + 1
-            self.journal.outbox_retry(ids, str(exc), self.clock() + backoff_delay(attempts))
+            self.journal.outbox_retry(ids, str(exc), self.pipeline.retry_at(attempts))
             log.warning("Baidu %s of %d items deferred: %s", action, len(rows), exc)
             return
         self._record(action, rows, results)
@@ -148,9 +145,7 @@ class BaiduBatcher:
                 self.journal.outbox_failed(row, error.message)
                 log.warning("Baidu %s of %s failed: %s", action, row.baidu_id, error.message)
             else:
-                self.journal.outbox_retry(
-                    [row.id], str(error), self.clock() + backoff_delay(row.attempts + 1)
-                )
+                self.journal.outbox_retry([row.id], str(error), self.pipeline.retry_at(row.attempts + 1))
         log.info("Baidu %s: %d of %d items accepted", action, done, len(rows))
 
     def _refresh_sidecar(self, row: OutboxRow) -> None:

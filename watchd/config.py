@@ -252,6 +252,26 @@ class BaiduSettings(_Model):
     timeout: float = Field(default=30.0, gt=0)
 
 
+class RetrySettings(_Model):
+    """Retries of transient failures: a few quick ones inside a call, then the item waits in
+    the journal with a growing, jittered delay (so a restart never causes a retry storm)."""
+
+    attempts: int = Field(default=3, ge=1, le=10)
+    initial: float = Field(default=0.5, gt=0)
+    maximum: float = Field(default=30.0, gt=0)
+    requeue_initial: float = Field(default=30.0, gt=0)
+    requeue_maximum: float = Field(default=3600.0, gt=0)
+
+
+class DeleteGuardSettings(_Model):
+    """The mass-delete guard: deletions in one folder within `window` seconds are held when
+    they exceed BOTH `max_files` and `max_percent` of the folder."""
+
+    max_files: int = Field(default=50, ge=0)
+    max_percent: float = Field(default=20.0, ge=0, le=100)
+    window: float = Field(default=600.0, gt=0)
+
+
 class FolderSettings(_Model):
     """A watched folder; `path` is absolute and resolved (relative: to the config's directory).
 
@@ -279,6 +299,10 @@ class Settings(_Model):
     baidu: BaiduSettings | None = None
     defaults: RulesLayer = Rules()
     folders: list[FolderSettings] = Field(min_length=1)
+    settle: float = Field(default=1.0, gt=0, le=60)
+    rescan_interval: float = Field(default=3600.0, ge=0)
+    retry: RetrySettings = RetrySettings()
+    delete_guard: DeleteGuardSettings = DeleteGuardSettings()
     _config_path: Path | None = PrivateAttr(default=None)
     _warnings: tuple[str, ...] = PrivateAttr(default=())
 

@@ -26,6 +26,7 @@ defaults:
   title: "{{stem}} — a watchd demo image"
 folders:
   - path: {folder}
+settle: 0.5
 """
 
 
@@ -47,4 +48,4 @@ def run_demo(folder: Path) -> int:
         print(f"watchd demo: drop a JPEG, PNG or GIF into {folder}")
         print("watchd demo: its link appears below and in a .link.json file next to it;")
         print("watchd demo: delete it to see it withdrawn. Ctrl-C stops. Config used: " + str(config))
-        return Engine(load_settings(config), settle=0.5).run()
+        return Engine(load_settings(config)).run()

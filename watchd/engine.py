@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import random
 import signal
 import threading
 import time
@@ -33,6 +34,7 @@ from watchd.hosts.base import Host
 from watchd.hosts.imageban import ImageBanHost
 from watchd.indexers.baidu import BaiduIndexer
 from watchd.journal import Journal
+from watchd.logs import add_secrets
 from watchd.pipeline import Intake, Pipeline, candidate_name
 from watchd.quota import QuotaGate
 from watchd.scan import reconcile
@@ -76,7 +78,6 @@ class Engine:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
-        settle: float = 1.0,
         grace: float = 1.0,
         stop_timeout: float = 20.0,
         notifier: Notifier | None = None,
@@ -85,7 +86,6 @@ class Engine:
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
-        self.settle = settle
         self.grace = grace
         self.stop_timeout = stop_timeout
         self.notifier = notifier or Notifier()
@@ -95,7 +95,7 @@ class Engine:
             limits=httpx.Limits(
                 max_connections=settings.concurrency + 4, max_keepalive_connections=settings.concurrency + 4
             ),
-            timeout=httpx.Timeout(60.0, connect=10.0),
+            timeout=httpx.Timeout(_longest_timeout(settings), connect=10.0),
         )
         self.outcomes: Counter[str] = Counter()
         self.last_error = ""
@@ -107,7 +107,7 @@ class Engine:
         self._unavailable: set[str] = set()
         self._watched_roots: set[str] = set()
         self._next_root_check = 0.0
-        self.guard = DeleteGuard(clock=clock)
+        self._next_rescan = clock() + _jittered(settings.rescan_interval)
         self._stopping = False
         self._workers: list[threading.Thread] = []
         self._batcher_thread: threading.Thread | None = None
@@ -129,6 +129,12 @@ class Engine:
             for name, host in settings.hosts.items()
         }
         self.settings = settings
+        self.guard = DeleteGuard(
+            max_files=settings.delete_guard.max_files,
+            max_percent=settings.delete_guard.max_percent,
+            window=settings.delete_guard.window,
+            clock=self.clock,
+        )
         self.pipeline = Pipeline(settings, self.journal, hosts, clock=self.clock, sleep=self.sleep)
         self.batcher = None
         if settings.baidu is not None:
@@ -148,7 +154,6 @@ class Engine:
                 quota,
                 linger=settings.baidu.linger,
                 clock=self.clock,
-                sleep=self.sleep,
             )
 
     def _watch_specs(self) -> list[WatchSpec]:
@@ -246,6 +251,7 @@ class Engine:
             self._check_settling(now)
             if self.watcher is not None:
                 self._check_roots(now)
+                self._periodic_rescan(now)
             self._check_missing(now, force=until_idle)
             self._dispatch(now)
             pinger.tick()
@@ -255,6 +261,8 @@ class Engine:
     def _timeout(self) -> float:
         now = self.clock()
         deadlines = [deadline for _s, _m, deadline in self._settling.values()]
+        if self.watcher is not None:
+            deadlines += [self._next_root_check, self._next_rescan]
         due = self.journal.next_due_time()
         if due is not None and len(self._in_flight) < self.settings.concurrency:
             deadlines.append(due)
@@ -309,7 +317,7 @@ class Engine:
         except OSError:
             self._settling.pop(path, None)
             return
-        self._settling[path] = (info.st_size, info.st_mtime_ns, self.clock() + self.settle)
+        self._settling[path] = (info.st_size, info.st_mtime_ns, self.clock() + self.settings.settle)
 
     def _check_settling(self, now: float) -> None:
         for path, (size, mtime, deadline) in list(self._settling.items()):
@@ -324,7 +332,7 @@ class Engine:
                 del self._settling[path]
                 self._intake(path, settled=True)
             else:
-                self._settling[path] = (info.st_size, info.st_mtime_ns, now + self.settle)
+                self._settling[path] = (info.st_size, info.st_mtime_ns, now + self.settings.settle)
 
     def _moved(self, src: str, dest: str) -> None:
         row = self.journal.get(src)
@@ -392,6 +400,14 @@ class Engine:
         for root in sorted(back):
             log.info("watched folder %s is available again; reconciling it", root)
             self._facts.put(Rescan(root))
+
+    def _periodic_rescan(self, now: float) -> None:
+        """The safety net under events: every folder is reconciled about once per interval."""
+        if not self.settings.rescan_interval or now < self._next_rescan:
+            return
+        self._next_rescan = now + _jittered(self.settings.rescan_interval)
+        for folder in self.settings.folders:
+            self._facts.put(Rescan(str(folder.path)))
 
     def _restart_watcher(self) -> None:
         if self.watcher is not None:
@@ -494,6 +510,7 @@ class Engine:
                 log.error("reload rejected, the old configuration keeps running: %s", problem)
             self.notifier.ready(self._status_line())
             return
+        add_secrets(settings.secrets())
         self._stop_batcher()
         for pause in self.journal.pauses():
             if pause.kind == "configuration":
@@ -534,3 +551,15 @@ class Engine:
         queued = counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]
         line = f"{queued} queued, {counts[j.DONE]} published, {counts[j.FAILED]} failed"
         return f"{line}; last error: {self.last_error}" if self.last_error else line
+
+
+def _jittered(interval: float) -> float:
+    """`interval` ±25 %, so many daemons (or folders) do not rescan in step."""
+    return interval * random.uniform(0.75, 1.25)
+
+
+def _longest_timeout(settings: Settings) -> float:
+    timeouts = [host.timeout for host in settings.hosts.values()]
+    if settings.baidu is not None:
+        timeouts.append(settings.baidu.timeout)
+    return max(timeouts)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from watchd import journal as j
 from watchd.config import FolderSettings, Settings
@@ -46,6 +47,7 @@ from watchd.sidecar import (
 from watchd.templates import file_context, render
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif"})
 UNSUPPORTED_SUFFIXES = frozenset(
@@ -234,10 +236,8 @@ class Pipeline:
             return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
         self.journal.claim_upload(row.id, sha)
         try:
-            uploaded = call_with_retry(
-                lambda: host.upload(UploadRequest(path, path.name, rules.album)),
-                sleep=self.sleep,
-                describe=f"upload of {path}",
+            uploaded = self.call_with_retry(
+                lambda: host.upload(UploadRequest(path, path.name, rules.album)), f"upload of {path}"
             )
         except ServiceError as exc:
             return self._upload_failed(row, service, exc)
@@ -266,7 +266,7 @@ class Pipeline:
             self.journal.pause(service, "configuration", None, reason)
             log.error("%s paused: %s", service, reason)
             return self._defer(row, j.PENDING, "configuration", reason, self.clock() + CONFIG_PAUSE_RECHECK)
-        retry_at = self.clock() + backoff_delay(row.attempts + 1)
+        retry_at = self.retry_at(row.attempts + 1)
         return self._defer(row, j.PENDING, "transient", str(exc), retry_at, outcome="retry")
 
     def _defer(
@@ -284,7 +284,7 @@ class Pipeline:
                 "free disk space or make the folder writable (retrying)"
             )
             log.error("%s", reason)
-            retry_at = self.clock() + backoff_delay(row.attempts + 1, initial=10.0)
+            retry_at = self.retry_at(row.attempts + 1)
             self.journal.record_retry(row.id, j.UPLOADED, "disk", reason, retry_at)
             return "retry"
         if row.sidecar_path and row.sidecar_path != str(sidecar):
@@ -387,7 +387,25 @@ class Pipeline:
         log.info("deleted: %s%s", row.last_path, " (withdrawal from Baidu queued)" if withdraw else "")
         return withdraw
 
-    # -- services ----------------------------------------------------------------------
+    # -- retries and services ----------------------------------------------------------
+
+    def call_with_retry(self, call: Callable[[], T], describe: str) -> T:
+        """`call()` with the configured quick retries of transient errors (see watchd.retry)."""
+        policy = self.settings.retry
+        return call_with_retry(
+            call,
+            attempts=policy.attempts,
+            initial=policy.initial,
+            maximum=policy.maximum,
+            sleep=self.sleep,
+            describe=describe,
+        )
+
+    def retry_at(self, attempt: int) -> float:
+        """When queued work that failed `attempt` rounds in a row is tried again."""
+        policy = self.settings.retry
+        delay = backoff_delay(attempt, initial=policy.requeue_initial, maximum=policy.requeue_maximum)
+        return self.clock() + delay
 
     def paused_until(self, service: str) -> float | None:
         """When a paused service resumes (inf for a configuration pause), or None if it is not paused."""
