@@ -18,6 +18,7 @@ APIs), `wire` (request bodies), `faults` (what can go wrong and the seeded dice)
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -136,13 +137,18 @@ class Emulator:
 
 
 def serve_forever(port: int, host: str = "127.0.0.1") -> None:
-    """Serve both APIs until Ctrl-C, after printing the URLs and a config snippet to paste."""
+    """Serve both APIs until Ctrl-C or SIGTERM, after printing the URLs and a config snippet.
+
+    The handlers are installed explicitly: a process started in the background by a
+    non-interactive shell inherits SIGINT as ignored, and must still stop on it.
+    """
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: stop.set())
     with Emulator(host, port) as emulator:
         print(_banner(emulator), flush=True)
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            print("watchd emulator: stopped", flush=True)
+        stop.wait()
+        print("watchd emulator: stopped", flush=True)
 
 
 def _banner(emulator: Emulator) -> str:
