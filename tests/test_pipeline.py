@@ -233,3 +233,20 @@ def test_sync_does_one_pass_and_reports_failures_in_its_exit_code(
     result = run_cli("sync", "-c", str(config))
     assert result.returncode == 1
     assert len(emulator.uploads()) == 2
+
+
+def test_reconciliation_restores_lost_sidecars_and_clears_stale_temp_files(
+    two_folders: tuple[Path, Path, Path], emulator: Emulator
+) -> None:
+    config, public, _guest = two_folders
+    drop(public / "keep.png", png(6, 6))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    before = sidecar_of(public / "keep.png").read_text(encoding="utf-8")
+    sidecar_of(public / "keep.png").unlink()
+    dead_pid = 2**22 + 12345  # above the default pid_max: no such process
+    stale = public / f".keep.png.link.json.watchd-tmp-{dead_pid}-abc123"
+    stale.write_text("{half a sidecar")
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert sidecar_of(public / "keep.png").read_text(encoding="utf-8") == before
+    assert not stale.exists()
+    assert len(emulator.uploads()) == 1

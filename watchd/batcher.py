@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from watchd.errors import AlreadyDoneError, ConfigurationError, PermanentFileError, QuotaError, ServiceError
 from watchd.indexers.base import Indexer, ItemResult, PushItem
@@ -137,10 +138,11 @@ class BaiduBatcher:
         for row, result in zip(rows, results, strict=True):
             error = result.error
             if error is None or isinstance(error, AlreadyDoneError):
-                self.journal.outbox_sent(row, utc_now())
+                when = utc_now()
+                if action == "push":  # sidecar first: a crash in between only resends the push
+                    self._refresh_sidecar(row, when)
+                self.journal.outbox_sent(row, when)
                 done += 1
-                if action == "push":
-                    self._refresh_sidecar(row)
             elif isinstance(error, PermanentFileError):
                 self.journal.outbox_failed(row, error.message)
                 log.warning("Baidu %s of %s failed: %s", action, row.baidu_id, error.message)
@@ -148,13 +150,13 @@ class BaiduBatcher:
                 self.journal.outbox_retry([row.id], str(error), self.pipeline.retry_at(row.attempts + 1))
         log.info("Baidu %s: %d of %d items accepted", action, done, len(rows))
 
-    def _refresh_sidecar(self, row: OutboxRow) -> None:
+    def _refresh_sidecar(self, row: OutboxRow, pushed_at: str) -> None:
         """Add `baidu: {id, pushed_at}` to the sidecar of a freshly submitted file."""
         file_row = self.journal.get_by_id(row.file_id)
         if file_row is None or file_row.path is None or file_row.link is None:
             return
         try:
-            self.pipeline.write_sidecar(file_row)
+            self.pipeline.write_sidecar(replace(file_row, pushed_at=pushed_at))
         except Exception as exc:  # the submission itself succeeded; the sidecar catches up later
             log.warning("submitted %s to Baidu but could not update its sidecar: %s", file_row.path, exc)
 

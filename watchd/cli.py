@@ -118,7 +118,7 @@ def _sync(args: argparse.Namespace) -> int:
     outcomes = dict(engine.outcomes)
     print(
         f"sync: {outcomes.get('done', 0)} published, {outcomes.get('failed', 0)} failed, "
-        f"{outcomes.get('retry', 0) + outcomes.get('paused', 0)} deferred",
+        f"{engine.left_queued} still queued (retry later or paused service)",
         file=sys.stderr,
     )
     if code:

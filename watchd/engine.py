@@ -98,6 +98,7 @@ class Engine:
             timeout=httpx.Timeout(_longest_timeout(settings), connect=10.0),
         )
         self.outcomes: Counter[str] = Counter()
+        self.left_queued = 0
         self.last_error = ""
         self._facts: queue.SimpleQueue[Fact | _Done | _Control] = queue.SimpleQueue()
         self._work: queue.SimpleQueue[int | None] = queue.SimpleQueue()
@@ -199,15 +200,20 @@ class Engine:
         return self._shutdown()
 
     def sync(self) -> int:
-        """One pass: reconcile every folder, do all work due now, exit 1 if anything failed."""
+        """One pass: reconcile every folder and do all work due now.
+
+        Returns 1 when anything failed in this pass or work is left queued (a retry or a
+        paused service), else 0.
+        """
         self.journal.recover()
         self._start_threads(watch=False)
         for folder in self.settings.folders:
             self._facts.put(Rescan(str(folder.path)))
         self._loop(until_idle=True)
+        counts = self.journal.counts()
+        self.left_queued = counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]
         self._shutdown()
-        failed = self.outcomes["failed"] + self.outcomes["retry"] + self.outcomes["paused"]
-        return 1 if failed else 0
+        return 1 if self.outcomes["failed"] or self.left_queued else 0
 
     def stop(self) -> None:
         """Ask the loop to stop (thread-safe; used by signal handlers and tests)."""
@@ -430,6 +436,8 @@ class Engine:
                 row = self.journal.get(difference.path)
                 if row is not None and row.missing_since is None:
                     self.journal.mark_missing(row.id, now)
+            elif difference.kind == "sidecar":
+                self.pipeline.restore_sidecar(difference.path)
             else:
                 found.append(difference.path)
         log.info("reconciled %s: %d new or changed files", root, len(found))
@@ -547,9 +555,11 @@ class Engine:
         return 0
 
     def _status_line(self) -> str:
+        """The one-line STATUS= for systemd: queue depth, uploads today, the last error."""
         counts = self.journal.counts()
         queued = counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]
-        line = f"{queued} queued, {counts[j.DONE]} published, {counts[j.FAILED]} failed"
+        today = sum(gate.used_today() for gate in self.pipeline.quotas.values())
+        line = f"{queued} queued, {today} uploaded today, {counts[j.FAILED]} failed"
         return f"{line}; last error: {self.last_error}" if self.last_error else line
 
 

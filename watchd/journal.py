@@ -266,8 +266,8 @@ class Journal:
             (prefix, prefix[:-1] + "0"),
         )
 
-    def iter_root(self, root: str, batch: int = 2000) -> Iterator[tuple[str, int, int, str]]:
-        """(path, size, mtime_ns, state) of live rows under `root`, sorted by path, streamed.
+    def iter_root(self, root: str, batch: int = 2000) -> Iterator[tuple[str, int, int, str, str | None]]:
+        """(path, size, mtime_ns, state, sidecar_path) of live rows under `root`, sorted by path.
 
         Paged by key so memory stays bounded however large the journal is.
         """
@@ -277,7 +277,7 @@ class Journal:
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT path, size, mtime_ns, state FROM files WHERE path > ? AND path < ? "
+                    "SELECT path, size, mtime_ns, state, sidecar_path FROM files WHERE path > ? AND path < ? "
                     "ORDER BY path LIMIT ?",
                     (last, upper, batch),
                 ).fetchall()

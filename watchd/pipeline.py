@@ -318,6 +318,18 @@ class Pipeline:
         write_atomic(target, render_sidecar(rules.sidecar_format, record))
         return target
 
+    def restore_sidecar(self, path: str) -> None:
+        """A published file's sidecar went missing (deleted, or lost in a power cut): rewrite it."""
+        row = self.journal.get(path)
+        if row is None or row.state != j.DONE:
+            return
+        try:
+            self.write_sidecar(row)
+        except (OSError, RuleFileError) as exc:
+            log.error("the sidecar of %s is missing and cannot be rewritten: %s", path, exc)
+            return
+        log.info("rewrote the missing sidecar of %s", path)
+
     def _context(self, row: FileRow) -> dict[str, str]:
         assert row.path is not None
         context = file_context(Path(row.path), Path(row.root))

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchd.journal import Journal
+from watchd.journal import DONE, Journal
+from watchd.sidecar import TEMP_MARKER, remove_stale_temp
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ def walk_sorted(
 ) -> Iterator[tuple[str, int, int]]:
     """(path, size, mtime_ns) of every wanted regular file below `root`, in byte order of path.
 
+    Temp files of a sidecar writer that was killed are removed on the way.
     A directory's entries are sorted by name, with "/" appended to directory names, which
     makes the depth-first walk come out in plain string order of the full paths (the order
     SQLite's `ORDER BY path` uses). Hidden directories are not entered. A directory that
@@ -53,6 +55,9 @@ def walk_sorted(
         if is_dir:
             if recursive and not entry.name.startswith("."):
                 yield from walk_sorted(entry.path, recursive, wanted, unreadable)
+            continue
+        if TEMP_MARKER in entry.name:
+            remove_stale_temp(entry.path)
             continue
         if not wanted(entry.name):
             continue
@@ -90,5 +95,7 @@ def reconcile(
         else:
             if (file[1], file[2]) != (row[1], row[2]):
                 yield Difference("changed", file[0])
+            elif row[3] == DONE and row[4] and not os.path.exists(row[4]):
+                yield Difference("sidecar", file[0])
             file = next(disk, None)
             row = next(rows, None)

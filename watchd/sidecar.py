@@ -138,13 +138,14 @@ def render_sidecar(fmt: str, record: SidecarRecord) -> str:
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` (UTF-8, mode 0644) so readers never see a partial file.
 
-    The text goes to `.{name}.watchd-tmp-{random}` in the same directory, is flushed and
-    fsynced, then renamed over `path`. The directory itself is not fsynced: if a crash
-    loses the rename, the journal still says the sidecar is due and reconciliation writes
-    it again. On any failure the temp file is removed and the error propagates, leaving
-    an existing sidecar untouched.
+    The text goes to `.{name}.watchd-tmp-{pid}-{random}` in the same directory, is flushed
+    and fsynced, then renamed over `path`. The directory itself is not fsynced: if a power
+    cut loses the rename, reconciliation finds the sidecar missing and writes it again. On
+    any failure the temp file is removed and the error propagates, leaving an existing
+    sidecar untouched; a temp file left by a killed process is removed by
+    `remove_stale_temp` during reconciliation.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             os.fchmod(handle.fileno(), SIDECAR_MODE)
@@ -156,6 +157,29 @@ def write_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temp(path: str) -> bool:
+    """Remove a `write_atomic` temp file whose writer process is gone; True if removed."""
+    try:
+        pid = int(os.path.basename(path).split(TEMP_MARKER, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid() or _process_alive(pid):
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return True
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_sidecar(path: Path) -> bool:

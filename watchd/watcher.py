@@ -176,25 +176,51 @@ def translate(event: FileSystemEvent) -> Fact | None:
     return None
 
 
+class _OverflowListener(logging.Handler):
+    """Hears watchdog report a kernel inotify queue overflow and asks for rescans.
+
+    watchdog rebuilds its watches after an overflow but tells its users only through this
+    log line (from the thread that reads the inotify descriptor); every folder watched by
+    inotify may have lost events, so each gets a `Rescan`.
+    """
+
+    LOGGER = "watchdog.observers.inotify_c"
+    MESSAGE = "Inotify queue overflowed"
+
+    def __init__(self, roots: Callable[[], list[Path]], sink: Callable[[Fact], None]) -> None:
+        super().__init__(level=logging.WARNING)
+        self._roots = roots
+        self._sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith(self.MESSAGE):
+            for root in self._roots():
+                self._sink(Rescan(str(root)))
+
+
 class FolderWatcher:
     """Watches every folder with the right observer and reports facts to `sink`."""
 
     def __init__(self, specs: list[WatchSpec], sink: Callable[[Fact], None]) -> None:
         self._specs = specs
         self._handler = _Translator(sink)
+        self.inotified: list[Path] = []
+        self._overflow = _OverflowListener(lambda: list(self.inotified), sink)
         self._inotify: BaseObserver = InotifyObserver(generate_full_events=True)
         self._polling: dict[float, BaseObserver] = {}
         self.polled: list[Path] = []
         self.unavailable: list[Path] = []
 
     def start(self) -> None:
+        logging.getLogger(_OverflowListener.LOGGER).addHandler(self._overflow)
+        # Observers run before folders are scheduled, so that a folder whose watches cannot
+        # be added fails on its own (in schedule) instead of failing the observer's start.
+        self._inotify.start()
         for spec in self._specs:
             self._schedule(spec)
-        self._inotify.start()
-        for observer in self._polling.values():
-            observer.start()
 
     def stop(self) -> None:
+        logging.getLogger(_OverflowListener.LOGGER).removeHandler(self._overflow)
         for observer in (self._inotify, *self._polling.values()):
             observer.stop()
         for observer in (self._inotify, *self._polling.values()):
@@ -205,7 +231,7 @@ class FolderWatcher:
         if not spec.root.is_dir():
             log.error(
                 "watched folder %s is missing or not a directory: its files are kept as they are "
-                "(nothing is withdrawn); mount or create it and send SIGHUP or restart",
+                "(nothing is withdrawn); watching resumes within seconds once it is back",
                 spec.root,
             )
             self.unavailable.append(spec.root)
@@ -214,6 +240,7 @@ class FolderWatcher:
         if not poll:
             try:
                 self._inotify.schedule(self._handler, str(spec.root), recursive=spec.recursive)
+                self.inotified.append(spec.root)
                 return
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EMFILE):
@@ -228,6 +255,7 @@ class FolderWatcher:
         observer = self._polling.get(interval)
         if observer is None:
             observer = self._polling[interval] = PollingObserver(timeout=interval)
+            observer.start()
         observer.schedule(self._handler, str(spec.root), recursive=spec.recursive)
         self.polled.append(spec.root)
         log.info(

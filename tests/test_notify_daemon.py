@@ -1,0 +1,58 @@
+"""The sd_notify conversation of the real daemon, captured from a real unix datagram socket."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+from tests.conftest import Daemon, wait_for, write_config
+from tests.imagegen import png
+from watchd.emulator import Emulator
+
+
+def test_ready_status_watchdog_reload_and_stopping(
+    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(0.2)
+    messages: list[str] = []
+
+    def receive() -> list[str]:
+        try:
+            while True:
+                messages.append(listener.recv(4096).decode())
+        except TimeoutError:
+            return messages
+
+    daemon = Daemon(config, tmp_path / "d.log", env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"})
+    daemons.append(daemon.start())
+    wait_for(lambda: any(m.startswith("READY=1") for m in receive()))
+    ready = next(m for m in messages if m.startswith("READY=1"))
+    assert "STATUS=" in ready
+
+    (folder / "a.png").write_bytes(png(3, 3))
+    wait_for(lambda: any("1 uploaded today" in m for m in receive()))
+    time.sleep(1.0)
+    receive()
+    assert sum(m == "WATCHDOG=1" for m in messages) >= 3, messages
+
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(m.startswith("RELOADING=1") for m in receive()))
+    reloading = next(m for m in messages if m.startswith("RELOADING=1"))
+    assert "MONOTONIC_USEC=" in reloading
+    usec = int(reloading.split("MONOTONIC_USEC=")[1].split()[0])
+    assert abs(usec / 1e6 - time.monotonic()) < 30
+    wait_for(lambda: any(m.startswith("READY=1") for m in receive()[messages.index(reloading) :]))
+
+    assert daemon.stop() == 0
+    receive()
+    assert any(m.startswith("STOPPING=1") for m in messages)
+    listener.close()

@@ -1,0 +1,285 @@
+"""Faults as non-events: flaky networks, quotas, kill -9, signals, overflows and full disks."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Daemon, run_cli, wait_for, write_config
+from tests.imagegen import png
+from watchd import pipeline as pipeline_module
+from watchd.config import load_settings
+from watchd.emulator import Emulator
+from watchd.engine import Engine
+
+FAST_RETRIES = """
+retry:
+  attempts: 3
+  initial: 0.01
+  maximum: 0.05
+  requeue_initial: 0.3
+  requeue_maximum: 1.0
+"""
+
+
+def sidecar_of(path: Path) -> Path:
+    return path.with_name(path.name + ".link.json")
+
+
+def pushed(path: Path) -> bool:
+    sidecar = sidecar_of(path)
+    return sidecar.exists() and "baidu" in json.loads(sidecar.read_text(encoding="utf-8"))
+
+
+def make_config(tmp_path: Path, emulator: Emulator, extra: str = FAST_RETRIES) -> tuple[Path, Path]:
+    folder = tmp_path / "pics"
+    folder.mkdir(exist_ok=True)
+    config = write_config(
+        tmp_path / "config.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "state", extra=extra
+    )
+    return config, folder
+
+
+def test_flaky_network_and_transient_codes_still_publish_everything(
+    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+) -> None:
+    config, folder = make_config(tmp_path, emulator)
+    emulator.set_faults(http_error_rate=0.3, transient_rate=0.1, drop_rate=0.05, seed=3)
+    daemon = Daemon(config, tmp_path / "d.log").start()
+    daemons.append(daemon)
+    files = [folder / f"f{n}.png" for n in range(30)]
+    for n, path in enumerate(files):
+        path.write_bytes(png(n + 1, 4))
+    wait_for(lambda: all(pushed(p) for p in files), timeout=60)
+    faults = Counter(r.fault or r.code for r in emulator.requests() if r.fault or r.code)
+    assert faults["http_error"] > 0 and faults["drop"] > 0, faults
+    assert len(emulator.baidu_index()) == 30
+    assert daemon.stop() == 0
+
+
+def test_an_exhausted_quota_pauses_uploads_instead_of_hammering(
+    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+) -> None:
+    config, folder = make_config(tmp_path, emulator)
+    emulator.set_faults(imageban_quota=4)
+    daemon = Daemon(config, tmp_path / "d.log").start()
+    daemons.append(daemon)
+    for n in range(12):
+        (folder / f"q{n}.png").write_bytes(png(n + 1, 6))
+    wait_for(lambda: any(r.code == "109" for r in emulator.requests()))
+    time.sleep(3)
+    uploads = [r for r in emulator.requests() if r.path == "/v1"]
+    assert len(emulator.uploads()) == 4
+    assert len(uploads) <= 4 + 4, "at most the requests already in flight after the quota answer"
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    pause = status["hosts"]["me"]["paused"]
+    assert pause["kind"] == "quota" and pause["until"]
+    assert status["queue"]["uploads"] == 8
+    assert daemon.stop() == 0
+
+
+def test_the_configured_daily_quota_is_never_exceeded(tmp_path: Path, emulator: Emulator) -> None:
+    config, folder = make_config(tmp_path, emulator)
+    config.write_text(
+        config.read_text().replace("type: imageban\n", "type: imageban\n    daily_quota: 3\n", 1)
+    )
+    for n in range(6):
+        (folder / f"c{n}.png").write_bytes(png(n + 1, 6))
+    result = run_cli("sync", "-c", str(config))
+    assert result.returncode == 1  # deferred work is reported
+    assert len([r for r in emulator.requests() if r.path == "/v1"]) == 3
+    assert run_cli("sync", "-c", str(config)).returncode == 1
+    assert len([r for r in emulator.requests() if r.path == "/v1"]) == 3
+
+
+def test_kill_9_at_random_moments_loses_nothing_and_duplicates_only_in_flight_work(
+    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+) -> None:
+    config, folder = make_config(tmp_path, emulator)
+    emulator.set_faults(latency=0.03)
+    files = [folder / f"k{n:02d}.png" for n in range(40)]
+    for n, path in enumerate(files):
+        path.write_bytes(png(n + 1, 5))
+    rng = random.Random(20261123)
+    kills = 0
+    for cycle in range(8):
+        daemon = Daemon(config, tmp_path / f"d{cycle}.log").start()
+        daemons.append(daemon)
+        time.sleep(rng.uniform(0.05, 0.6))
+        daemon.stop(signal.SIGKILL)
+        kills += 1
+    daemon = Daemon(config, tmp_path / "final.log").start()
+    daemons.append(daemon)
+    wait_for(lambda: all(pushed(p) for p in files), timeout=60)
+    assert daemon.stop() == 0
+
+    per_image = Counter(u.sha256 for u in emulator.uploads())
+    assert len(per_image) == 40
+    duplicates = sum(n - 1 for n in per_image.values())
+    assert duplicates <= kills * 4, per_image  # at most `concurrency` uploads in flight per kill
+    assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".link.json")) == sorted(
+        p.name + ".link.json" for p in files
+    )
+    assert not [p for p in folder.iterdir() if ".watchd-tmp-" in p.name]
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert status["files"]["done"] == 40 and status["queue"]["uploads"] == 0
+    assert set(emulator.baidu_index()) == {
+        json.loads(sidecar_of(p).read_text(encoding="utf-8"))["baidu"]["id"] for p in files
+    }
+
+
+def test_sigterm_under_load_finishes_in_flight_work_and_exits_0(
+    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+) -> None:
+    config, folder = make_config(tmp_path, emulator)
+    emulator.set_faults(latency=0.4)
+    daemon = Daemon(config, tmp_path / "d.log").start()
+    daemons.append(daemon)
+    files = [folder / f"t{n}.png" for n in range(12)]
+    for n, path in enumerate(files):
+        path.write_bytes(png(n + 1, 8))
+    wait_for(lambda: emulator.requests())
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    emulator.set_faults(latency=0.0)
+    daemon = Daemon(config, tmp_path / "d2.log").start()
+    daemons.append(daemon)
+    wait_for(lambda: all(sidecar_of(p).exists() for p in files))
+    assert daemon.stop() == 0
+    assert len(emulator.uploads()) == 12, "in-flight uploads finished before exit: no duplicates"
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one_running(
+    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+) -> None:
+    config, folder = make_config(tmp_path, emulator)
+    good = config.read_text()
+    daemon = Daemon(config, tmp_path / "d.log").start()
+    daemons.append(daemon)
+    config.write_text(good + "concurency: 8\n")
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload rejected" in daemon.log())
+    assert "concurency" in daemon.log()
+    (folder / "after-bad-reload.png").write_bytes(png(3, 3))
+    wait_for(lambda: sidecar_of(folder / "after-bad-reload.png").exists())
+
+    second = tmp_path / "second"
+    second.mkdir()
+    config.write_text(good.replace("folders:\n", f'folders:\n  - path: "{second}"\n'))
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in daemon.log())
+    (second / "new-folder.png").write_bytes(png(4, 4))
+    wait_for(lambda: sidecar_of(second / "new-folder.png").exists())
+    assert daemon.stop() == 0
+
+
+def test_a_queue_overflow_triggers_a_rescan(tmp_path: Path, emulator: Emulator) -> None:
+    """watchd hears watchdog's overflow report and reconciles, finding what events missed."""
+    import logging
+    import threading
+
+    config, folder = make_config(tmp_path, emulator)
+    engine = Engine(load_settings(config))
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    wait_for(lambda: engine.watcher is not None and engine.watcher.inotified)
+    assert engine.watcher is not None
+    engine.watcher.stop()  # from now on no event reaches the engine, as after a lost queue
+    (folder / "missed.png").write_bytes(png(5, 5))
+    time.sleep(0.3)
+    assert not sidecar_of(folder / "missed.png").exists()
+    engine._restart_watcher()  # a fresh watcher: it never saw the file being written
+    time.sleep(0.3)
+    assert not sidecar_of(folder / "missed.png").exists()
+    logging.getLogger("watchdog.observers.inotify_c").warning(
+        "Inotify queue overflowed; filesystem events were lost"
+    )
+    wait_for(lambda: sidecar_of(folder / "missed.png").exists())
+    engine.stop()
+    thread.join(timeout=20)
+
+
+def test_an_injected_enospc_on_the_sidecar_is_retried_without_reuploading(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, folder = make_config(tmp_path, emulator)
+    (folder / "disk.png").write_bytes(png(6, 6))
+    real_write = pipeline_module.write_atomic
+    failures = iter([True, True])
+
+    def full_disk(path: Path, text: str) -> None:
+        if next(failures, False):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, text)
+
+    monkeypatch.setattr(pipeline_module, "write_atomic", full_disk)
+    now = [time.time()]
+    engine = Engine(load_settings(config), clock=lambda: now[0])
+    assert engine.sync() == 1
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert status["files"]["uploaded"] == 1
+    assert "No space left" in status["recent_failures"][0]["reason"]
+    for _ in range(2):
+        now[0] += 3600
+        Engine(load_settings(config), clock=lambda: now[0]).sync()
+    assert sidecar_of(folder / "disk.png").exists()
+    assert len(emulator.uploads()) == 1
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str) -> object:
+    path.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(
+            f"cannot mount a small tmpfs here ({result.stderr.decode().strip()}); "
+            "the injected ENOSPC test covers this case"
+        )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_really_full_filesystem_delays_the_sidecar_and_loses_nothing(
+    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+) -> None:
+    with small_filesystem(tmp_path / "small", "256k") as folder:
+        config = write_config(
+            tmp_path / "config.yaml",
+            emulator,
+            [{"path": folder}],
+            state_dir=tmp_path / "state",
+            extra=FAST_RETRIES,
+        )
+        daemon = Daemon(config, tmp_path / "d.log").start()
+        daemons.append(daemon)
+        image = folder / "full.png"
+        data = png(20, 20, extra_bytes=100_000)
+        filler = folder / "filler.bin"
+        with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
+            out.write(b"\0" * (256 * 1024 - len(data) - 8192))
+        image.write_bytes(data)
+        with open(filler, "ab", buffering=0) as out, contextlib.suppress(OSError):
+            while True:  # take every last block
+                out.write(b"\0" * 512)
+        wait_for(lambda: "No space left" in daemon.log() or "cannot write the sidecar" in daemon.log())
+        assert image.read_bytes() == data, "the original is untouched"
+        filler.unlink()
+        wait_for(lambda: sidecar_of(image).exists())
+        assert len(emulator.uploads()) == 1
+        assert daemon.stop() == 0

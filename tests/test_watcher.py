@@ -1,0 +1,117 @@
+"""The watcher's pure parts and its fallbacks: filesystem detection, event translation, polling."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from pathlib import Path
+
+import pytest
+from watchdog.events import (
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+)
+from watchdog.observers.inotify import InotifyObserver
+
+from tests.conftest import wait_for
+from watchd import watcher
+from watchd.watcher import (
+    Changed,
+    DirGone,
+    Fact,
+    Finished,
+    FolderWatcher,
+    Gone,
+    Moved,
+    Rescan,
+    WatchSpec,
+    filesystem_type,
+    translate,
+)
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:35 / /mnt/nas rw,relatime shared:20 - nfs4 nas:/export rw
+41 22 0:36 / /mnt/smb\\040share rw - cifs //host/share rw
+42 22 0:37 / /home/me/gdrive rw - fuse.rclone gdrive: rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "fstype"),
+    [
+        ("/srv/photos", "ext4"),
+        ("/mnt/nas/photos/2026", "nfs4"),
+        ("/mnt/smb share/x", "cifs"),
+        ("/home/me/gdrive/pics", "fuse.rclone"),
+        ("/mnt/nasty", "ext4"),
+    ],
+)
+def test_the_filesystem_of_a_path_comes_from_the_longest_mount_point(
+    tmp_path: Path, path: str, fstype: str
+) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTINFO)
+    assert filesystem_type(Path(path), str(mountinfo)) == fstype
+
+
+@pytest.mark.parametrize(
+    ("event", "fact"),
+    [
+        (FileClosedEvent("/w/a.png"), Finished("/w/a.png")),
+        (FileCreatedEvent("/w/a.png"), Changed("/w/a.png")),
+        (FileDeletedEvent("/w/a.png"), Gone("/w/a.png")),
+        (FileMovedEvent("/w/.a.part", "/w/a.png"), Moved("/w/.a.part", "/w/a.png")),
+        (FileMovedEvent("", "/w/in.png"), Finished("/w/in.png")),
+        (FileMovedEvent("/w/out.png", ""), Gone("/w/out.png")),
+        (DirMovedEvent("", "/w/sub"), Rescan("/w/sub")),
+        (DirMovedEvent("/w/sub", ""), DirGone("/w/sub")),
+        (DirDeletedEvent("/w/sub"), DirGone("/w/sub")),
+        (DirMovedEvent("/w/a", "/w/b"), None),
+    ],
+)
+def test_events_become_facts(event: object, fact: Fact | None) -> None:
+    assert translate(event) == fact  # type: ignore[arg-type]
+
+
+def test_an_exhausted_inotify_watch_limit_falls_back_to_polling_with_the_sysctl_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_watches_left(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(InotifyObserver, "schedule", no_watches_left)
+    facts: list[Fact] = []
+    folder_watcher = FolderWatcher([WatchSpec(tmp_path, True, poll_interval=0.2)], facts.append)
+    with caplog.at_level(logging.ERROR):
+        folder_watcher.start()
+    try:
+        assert folder_watcher.polled == [tmp_path]
+        assert "fs.inotify.max_user_watches=" in caplog.text
+        (tmp_path / "polled.png").write_bytes(b"x")
+        wait_for(lambda: Changed(str(tmp_path / "polled.png")) in facts, timeout=5)
+    finally:
+        folder_watcher.stop()
+
+
+def test_network_filesystems_are_polled_automatically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watcher, "filesystem_type", lambda _path: "nfs4")
+    folder_watcher = FolderWatcher([WatchSpec(tmp_path, True)], lambda _fact: None)
+    folder_watcher.start()
+    try:
+        assert folder_watcher.polled == [tmp_path] and folder_watcher.inotified == []
+    finally:
+        folder_watcher.stop()
+
+
+def test_a_missing_folder_is_unavailable_not_an_error(tmp_path: Path) -> None:
+    folder_watcher = FolderWatcher([WatchSpec(tmp_path / "gone", True)], lambda _fact: None)
+    folder_watcher.start()
+    folder_watcher.stop()
+    assert folder_watcher.unavailable == [tmp_path / "gone"]
