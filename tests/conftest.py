@@ -131,11 +131,25 @@ def run_cli(
     )
 
 
+StartDaemon = Callable[..., Daemon]
+
+
 @pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    """Started daemons are collected here and killed at the end of the test whatever happens."""
+def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
+    """Start `watchd run` for a config; every daemon started is killed at the end of the test."""
     started: list[Daemon] = []
-    yield started
+
+    def start(config: Path, env: dict[str, str] | None = None) -> Daemon:
+        daemon = Daemon(config, tmp_path / f"daemon{len(started)}.log", env).start()
+        started.append(daemon)
+        return daemon
+
+    yield start
     for daemon in started:
         if daemon.alive():
             daemon.stop(signal.SIGKILL)
+
+
+def sidecar_of(path: Path) -> Path:
+    """The default sidecar of an image."""
+    return path.with_name(path.name + ".link.json")

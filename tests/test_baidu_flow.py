@@ -9,15 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon, run_cli, wait_for, write_config
+from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import png
 from watchd.config import load_settings
 from watchd.emulator import Emulator
 from watchd.engine import Engine
-
-
-def sidecar_of(path: Path) -> Path:
-    return path.with_name(path.name + ".link.json")
 
 
 def pushes(emulator: Emulator) -> list:
@@ -51,11 +47,10 @@ def setup(tmp_path: Path, emulator: Emulator) -> tuple[Path, Path, Path]:
 
 
 def test_45_images_are_pushed_once_each_in_batches_of_20_20_5(
-    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, daemons: list[Daemon]
+    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     config, public, private = setup
-    daemon = Daemon(config, tmp_path / "d.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     for n in range(45):
         (public / f"img{n:02d}.png").write_bytes(png(n + 1, 7))
     for n in range(3):
@@ -80,11 +75,10 @@ def test_45_images_are_pushed_once_each_in_batches_of_20_20_5(
 
 
 def test_modify_rename_and_delete(
-    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, daemons: list[Daemon]
+    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     config, public, _private = setup
-    daemon = Daemon(config, tmp_path / "d.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     original = public / "cat photo.png"
     original.write_bytes(png(10, 10))
     wait_for(lambda: pushes(emulator))
@@ -112,15 +106,14 @@ def test_modify_rename_and_delete(
 
 
 def test_deleting_12_withdraws_in_calls_of_10_and_2_also_while_stopped(
-    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, daemons: list[Daemon]
+    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     config, public, _private = setup
     files = [public / f"d{n}.png" for n in range(30)]
     for n, path in enumerate(files):
         path.write_bytes(png(n + 1, 3))
     assert run_cli("sync", "-c", str(config)).returncode == 0
-    daemon = Daemon(config, tmp_path / "d.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     for path in files[:12]:
         path.unlink()
     wait_for(lambda: sum(len(c.items) for c in deletes(emulator)) == 12)
@@ -130,27 +123,24 @@ def test_deleting_12_withdraws_in_calls_of_10_and_2_also_while_stopped(
 
     for path in files[12:15]:
         path.unlink()
-    daemon = Daemon(config, tmp_path / "d2.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     wait_for(lambda: sum(len(c.items) for c in deletes(emulator)) == 15)
     assert emulator.uploads().__len__() == 30
     assert daemon.stop() == 0
 
 
 def test_a_vanished_root_withdraws_nothing(
-    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, daemons: list[Daemon]
+    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, start_daemon: StartDaemon
 ) -> None:
     config, public, _private = setup
     for n in range(5):
         (public / f"v{n}.png").write_bytes(png(n + 2, 2))
     assert run_cli("sync", "-c", str(config)).returncode == 0
-    daemon = Daemon(config, tmp_path / "d.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     os.rename(public, tmp_path / "unmounted")
     time.sleep(3)
     assert daemon.stop() == 0
-    daemon = Daemon(config, tmp_path / "d2.log").start()  # starting with the root missing
-    daemons.append(daemon)
+    daemon = start_daemon(config)  # starting with the root missing
     time.sleep(3)
     assert deletes(emulator) == []
     status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)

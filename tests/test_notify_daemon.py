@@ -7,13 +7,13 @@ import socket
 import time
 from pathlib import Path
 
-from tests.conftest import Daemon, wait_for, write_config
+from tests.conftest import StartDaemon, wait_for, write_config
 from tests.imagegen import png
 from watchd.emulator import Emulator
 
 
 def test_ready_status_watchdog_reload_and_stopping(
-    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     folder = tmp_path / "pics"
     folder.mkdir()
@@ -31,8 +31,7 @@ def test_ready_status_watchdog_reload_and_stopping(
         except TimeoutError:
             return messages
 
-    daemon = Daemon(config, tmp_path / "d.log", env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"})
-    daemons.append(daemon.start())
+    daemon = start_daemon(config, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"})
     wait_for(lambda: any(m.startswith("READY=1") for m in receive()))
     ready = next(m for m in messages if m.startswith("READY=1"))
     assert "STATUS=" in ready

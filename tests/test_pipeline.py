@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Daemon, run_cli, wait_for, write_config
+from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import gif, jpeg, png
 from watchd.emulator import Emulator
 
@@ -50,10 +50,6 @@ def drop(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def sidecar_of(path: Path) -> Path:
-    return path.with_name(path.name + ".link.json")
-
-
 def status(config: Path) -> dict:
     result = run_cli("status", "-c", str(config), "--json")
     assert result.returncode == 0, result.stderr
@@ -79,11 +75,13 @@ def two_folders(tmp_path: Path, emulator: Emulator) -> tuple[Path, Path, Path]:
 
 
 def test_thirty_images_each_uploaded_once_with_the_folders_auth_and_album(
-    two_folders: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, daemons: list[Daemon]
+    two_folders: tuple[Path, Path, Path],
+    emulator: Emulator,
+    tmp_path: Path,
+    start_daemon: StartDaemon,
 ) -> None:
     config, public, guest = two_folders
-    daemon = Daemon(config, tmp_path / "daemon.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     expected: dict[str, tuple[Path, str]] = {}
     for n, name in enumerate(NAMES * 2):
         folder = public if n < len(NAMES) else guest
@@ -111,14 +109,16 @@ def test_thirty_images_each_uploaded_once_with_the_folders_auth_and_album(
 
 
 def test_restart_uploads_nothing_again_and_picks_up_files_added_while_stopped(
-    two_folders: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, daemons: list[Daemon]
+    two_folders: tuple[Path, Path, Path],
+    emulator: Emulator,
+    tmp_path: Path,
+    start_daemon: StartDaemon,
 ) -> None:
     config, public, _guest = two_folders
     first = [public / f"first-{n}.png" for n in range(5)]
     for n, path in enumerate(first):
         drop(path, png(10 + n, 10))
-    daemon = Daemon(config, tmp_path / "daemon.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     wait_for(lambda: all(sidecar_of(p).exists() for p in first))
     assert daemon.stop() == 0
     assert len(emulator.uploads()) == 5
@@ -127,8 +127,7 @@ def test_restart_uploads_nothing_again_and_picks_up_files_added_while_stopped(
     for n, path in enumerate(later):
         drop(path, gif(20 + n, 5))
     os.utime(first[0])  # a touch changes mtime, not content: no re-upload
-    daemon = Daemon(config, tmp_path / "daemon2.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     wait_for(lambda: all(sidecar_of(p).exists() for p in later))
     time.sleep(1.0)
     assert len(emulator.uploads()) == 8
@@ -136,11 +135,13 @@ def test_restart_uploads_nothing_again_and_picks_up_files_added_while_stopped(
 
 
 def test_bad_inputs_are_recorded_with_reasons_and_do_not_stop_good_images(
-    two_folders: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, daemons: list[Daemon]
+    two_folders: tuple[Path, Path, Path],
+    emulator: Emulator,
+    tmp_path: Path,
+    start_daemon: StartDaemon,
 ) -> None:
     config, public, _guest = two_folders
-    daemon = Daemon(config, tmp_path / "daemon.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     drop(public / "empty.png", b"")
     drop(public / "notes.jpg", b"these are my notes, not a picture\n" * 10)
     drop(public / "huge.png", png(8, 8, extra_bytes=11 * 1024 * 1024))
@@ -176,11 +177,13 @@ def test_bad_inputs_are_recorded_with_reasons_and_do_not_stop_good_images(
 
 
 def test_a_file_written_slowly_in_chunks_is_uploaded_once_with_its_final_bytes(
-    two_folders: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, daemons: list[Daemon]
+    two_folders: tuple[Path, Path, Path],
+    emulator: Emulator,
+    tmp_path: Path,
+    start_daemon: StartDaemon,
 ) -> None:
     config, public, _guest = two_folders
-    daemon = Daemon(config, tmp_path / "daemon.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     data = png(200, 100, extra_bytes=3 * 1024 * 1024)
     chunks = [data[i : i + len(data) // 12 + 1] for i in range(0, len(data), len(data) // 12 + 1)]
     target = public / "slow.png"
@@ -202,11 +205,13 @@ def test_a_file_written_slowly_in_chunks_is_uploaded_once_with_its_final_bytes(
 
 
 def test_files_arriving_by_rename_or_moved_in_are_uploaded(
-    two_folders: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, daemons: list[Daemon]
+    two_folders: tuple[Path, Path, Path],
+    emulator: Emulator,
+    tmp_path: Path,
+    start_daemon: StartDaemon,
 ) -> None:
     config, public, _guest = two_folders
-    daemon = Daemon(config, tmp_path / "daemon.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     temp = public / ".x.png.part"
     temp.write_bytes(png(30, 30))
     os.rename(temp, public / "x.png")

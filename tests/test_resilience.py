@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon, run_cli, wait_for, write_config
+from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import png
 from watchd import pipeline as pipeline_module
 from watchd.config import load_settings
@@ -30,10 +30,6 @@ retry:
   requeue_initial: 0.3
   requeue_maximum: 1.0
 """
-
-
-def sidecar_of(path: Path) -> Path:
-    return path.with_name(path.name + ".link.json")
 
 
 def pushed(path: Path) -> bool:
@@ -51,12 +47,11 @@ def make_config(tmp_path: Path, emulator: Emulator, extra: str = FAST_RETRIES) -
 
 
 def test_flaky_network_and_transient_codes_still_publish_everything(
-    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     config, folder = make_config(tmp_path, emulator)
     emulator.set_faults(http_error_rate=0.3, transient_rate=0.1, drop_rate=0.05, seed=3)
-    daemon = Daemon(config, tmp_path / "d.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     files = [folder / f"f{n}.png" for n in range(30)]
     for n, path in enumerate(files):
         path.write_bytes(png(n + 1, 4))
@@ -68,12 +63,11 @@ def test_flaky_network_and_transient_codes_still_publish_everything(
 
 
 def test_an_exhausted_quota_pauses_uploads_instead_of_hammering(
-    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     config, folder = make_config(tmp_path, emulator)
     emulator.set_faults(imageban_quota=4)
-    daemon = Daemon(config, tmp_path / "d.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     for n in range(12):
         (folder / f"q{n}.png").write_bytes(png(n + 1, 6))
     wait_for(lambda: any(r.code == "109" for r in emulator.requests()))
@@ -103,7 +97,7 @@ def test_the_configured_daily_quota_is_never_exceeded(tmp_path: Path, emulator: 
 
 
 def test_kill_9_at_random_moments_loses_nothing_and_duplicates_only_in_flight_work(
-    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     config, folder = make_config(tmp_path, emulator)
     emulator.set_faults(latency=0.03)
@@ -112,14 +106,12 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_only_in_flight_wo
         path.write_bytes(png(n + 1, 5))
     rng = random.Random(20261123)
     kills = 0
-    for cycle in range(8):
-        daemon = Daemon(config, tmp_path / f"d{cycle}.log").start()
-        daemons.append(daemon)
+    for _ in range(8):
+        daemon = start_daemon(config)
         time.sleep(rng.uniform(0.05, 0.6))
         daemon.stop(signal.SIGKILL)
         kills += 1
-    daemon = Daemon(config, tmp_path / "final.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     wait_for(lambda: all(pushed(p) for p in files), timeout=60)
     assert daemon.stop() == 0
 
@@ -139,12 +131,11 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_only_in_flight_wo
 
 
 def test_sigterm_under_load_finishes_in_flight_work_and_exits_0(
-    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     config, folder = make_config(tmp_path, emulator)
     emulator.set_faults(latency=0.4)
-    daemon = Daemon(config, tmp_path / "d.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     files = [folder / f"t{n}.png" for n in range(12)]
     for n, path in enumerate(files):
         path.write_bytes(png(n + 1, 8))
@@ -153,20 +144,18 @@ def test_sigterm_under_load_finishes_in_flight_work_and_exits_0(
     assert daemon.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 10
     emulator.set_faults(latency=0.0)
-    daemon = Daemon(config, tmp_path / "d2.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     wait_for(lambda: all(sidecar_of(p).exists() for p in files))
     assert daemon.stop() == 0
     assert len(emulator.uploads()) == 12, "in-flight uploads finished before exit: no duplicates"
 
 
 def test_sighup_with_a_broken_config_keeps_the_old_one_running(
-    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     config, folder = make_config(tmp_path, emulator)
     good = config.read_text()
-    daemon = Daemon(config, tmp_path / "d.log").start()
-    daemons.append(daemon)
+    daemon = start_daemon(config)
     config.write_text(good + "concurency: 8\n")
     assert daemon.process is not None
     daemon.process.send_signal(signal.SIGHUP)
@@ -256,7 +245,7 @@ def small_filesystem(path: Path, size: str) -> object:
 
 
 def test_a_really_full_filesystem_delays_the_sidecar_and_loses_nothing(
-    tmp_path: Path, emulator: Emulator, daemons: list[Daemon]
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     with small_filesystem(tmp_path / "small", "256k") as folder:
         config = write_config(
@@ -266,8 +255,7 @@ def test_a_really_full_filesystem_delays_the_sidecar_and_loses_nothing(
             state_dir=tmp_path / "state",
             extra=FAST_RETRIES,
         )
-        daemon = Daemon(config, tmp_path / "d.log").start()
-        daemons.append(daemon)
+        daemon = start_daemon(config)
         image = folder / "full.png"
         data = png(20, 20, extra_bytes=100_000)
         filler = folder / "filler.bin"
