@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 
+from watchd.emulator import Emulator
 from watchd.errors import (
     AlreadyDoneError,
     ConfigurationError,
@@ -412,3 +413,71 @@ def test_make_title(rendered: str, folder: str, title: str) -> None:
 def test_encode_url(url: str, encoded: str) -> None:
     assert encode_url(url) == encoded
     assert encode_url(encoded) == encoded
+
+
+# -- against the emulator, over loopback -------------------------------------------------------
+
+
+@pytest.fixture
+def emulated(emulator: Emulator) -> Iterator[BaiduIndexer]:
+    with httpx.Client(timeout=10) as client:
+        yield BaiduIndexer(
+            app_id="demo-app", app_token="demo-token", api_base=emulator.baidu_url, client=client
+        )
+
+
+def test_emulator_stores_exactly_what_was_sent(emulator: Emulator, emulated: BaiduIndexer) -> None:
+    pushed = item(1, title="猫的图片 - 宠物文件夹", tags=("猫", "pets"), copyright=True)
+    assert errors_of(emulated.push([pushed, item(2)])) == [None, None]
+    (call,) = emulator.baidu_calls()
+    assert (call.endpoint, call.errno) == ("pushPic", 0)
+    assert call.items[0] == {
+        "id": "id1",
+        "title": "猫的图片 - 宠物文件夹",
+        "objurl": pushed.objurl,
+        "fromurl": pushed.fromurl,
+        "edit_time": pushed.edit_time,
+        "tags": "猫#pets",
+        "copyright": 1,
+        "extra": {"modify": "0"},
+    }
+    assert set(emulator.baidu_index()) == {"id1", "id2"}
+
+
+def test_emulator_duplicate_in_a_batch_marks_the_call_already_done(
+    emulator: Emulator, emulated: BaiduIndexer
+) -> None:
+    emulated.push([item(1)])
+    assert errors_of(emulated.push([item(1), item(2)])) == [AlreadyDoneError, AlreadyDoneError]
+    assert set(emulator.baidu_index()) == {"id1", "id2"}  # the service stored the other one
+
+
+@pytest.mark.parametrize(
+    ("faults", "cls", "codes"),
+    [
+        ({"baidu_quota": 0}, QuotaError, {"301002"}),
+        ({"transient_rate": 1.0}, TransientError, {"10003", "10005", "60000020"}),
+        ({"http_error_rate": 1.0}, TransientError, {"500", "502", "503"}),
+        ({"http_error_rate": 1.0, "retry_after": 0.5}, TransientError, {"429"}),
+        ({"drop_rate": 1.0}, TransientError, {""}),
+    ],
+)
+def test_emulator_faults(
+    emulator: Emulator,
+    emulated: BaiduIndexer,
+    faults: dict[str, Any],
+    cls: type[ServiceError],
+    codes: set[str],
+) -> None:
+    emulator.set_faults(**faults)
+    with pytest.raises(cls) as caught:
+        emulated.push([item(1)])
+    assert caught.value.code in codes
+
+
+def test_emulator_unknown_app_is_a_configuration_error(emulator: Emulator) -> None:
+    with httpx.Client() as client:
+        indexer = BaiduIndexer(app_id="nobody", app_token="x", api_base=emulator.baidu_url, client=client)
+        with pytest.raises(ConfigurationError) as caught:
+            indexer.withdraw(["a1"])
+    assert caught.value.code == "60000009"

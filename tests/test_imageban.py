@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.imagegen import gif, jpeg, png
+from watchd.emulator import Emulator
 from watchd.errors import (
     ConfigurationError,
     PermanentFileError,
@@ -23,6 +24,7 @@ from watchd.errors import (
 )
 from watchd.hosts.base import Uploaded, UploadRequest
 from watchd.hosts.imageban import ImageBanHost
+from watchd.retry import call_with_retry
 
 API = "https://api.example/v1"
 SECRET = "s3cr3t-KEY-value"
@@ -357,3 +359,91 @@ def test_timeout_is_transient(image: Path, silent_url: str) -> None:
         with pytest.raises(TransientError, match="timed out") as caught:
             host.upload(UploadRequest(image, "c"))
     assert isinstance(caught.value.__cause__, httpx.TimeoutException)
+
+
+# -- against the emulator, over loopback -------------------------------------------------------
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=10) as client:
+        yield client
+
+
+def emulated(emulator: Emulator, http: httpx.Client, **auth: str) -> ImageBanHost:
+    return ImageBanHost("emu", api_url=emulator.imageban_url, client=http, **auth)
+
+
+def test_emulator_sees_real_name_ascii_filename_and_album(
+    emulator: Emulator, http: httpx.Client, tmp_path: Path
+) -> None:
+    path = tmp_path / "котик.jpg"
+    path.write_bytes(jpeg(12, 9))
+    account = emulated(emulator, http, secret_key="demo-secret")
+    guest = emulated(emulator, http, client_id="demo-client")
+    first = account.upload(UploadRequest(path, "котик.jpg", album="srXiv43"))
+    guest.upload(UploadRequest(path, "котик.jpg", album="srXiv43"))
+    records = emulator.uploads()
+    assert [(r.auth, r.name, r.filename, r.album, r.source) for r in records] == [
+        ("account", "котик.jpg", "image.jpg", "srXiv43", "file"),
+        ("guest", "котик.jpg", "image.jpg", None, "file"),
+    ]
+    assert (records[0].remote_id, records[0].link, records[0].size) == (
+        first.remote_id,
+        first.link,
+        first.size,
+    )
+    assert http.get(first.link).content == path.read_bytes()
+
+
+def test_emulator_data_as_list(emulator: Emulator, http: httpx.Client, image: Path) -> None:
+    emulator.set_faults(data_as_list=True)
+    uploaded = emulated(emulator, http, secret_key="demo-secret").upload(UploadRequest(image, "cat.png"))
+    assert (uploaded.resolution, uploaded.size) == ("20x10", image.stat().st_size)
+
+
+@pytest.mark.parametrize(
+    ("auth", "code"), [({"secret_key": "demo-secret"}, "109"), ({"client_id": "demo-client"}, "108")]
+)
+def test_emulator_quota(
+    emulator: Emulator, http: httpx.Client, image: Path, auth: dict[str, str], code: str
+) -> None:
+    emulator.set_faults(imageban_quota=0)
+    with pytest.raises(QuotaError) as caught:
+        emulated(emulator, http, **auth).upload(UploadRequest(image, "cat.png"))
+    assert caught.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("faults", "code", "retry_after"),
+    [
+        ({"http_error_rate": 1.0, "retry_after": 0.2}, "429", 0.2),
+        ({"transient_rate": 1.0}, "104", None),
+        ({"drop_rate": 1.0}, "", None),
+    ],
+)
+def test_emulator_faults_are_transient(
+    emulator: Emulator,
+    http: httpx.Client,
+    image: Path,
+    faults: dict[str, Any],
+    code: str,
+    retry_after: float | None,
+) -> None:
+    emulator.set_faults(**faults)
+    with pytest.raises(TransientError) as caught:
+        emulated(emulator, http, secret_key="demo-secret").upload(UploadRequest(image, "cat.png"))
+    assert (caught.value.code, caught.value.retry_after) == (code, retry_after)
+
+
+def test_emulator_5xx_then_recovery_through_the_retry_wrapper(
+    emulator: Emulator, http: httpx.Client, image: Path
+) -> None:
+    emulator.set_faults(http_error_rate=1.0)
+    host = emulated(emulator, http, client_id="demo-client")
+
+    def heal(_: float) -> None:
+        emulator.set_faults(http_error_rate=0.0)
+
+    uploaded = call_with_retry(lambda: host.upload(UploadRequest(image, "cat.png")), sleep=heal)
+    assert uploaded.remote_id == emulator.uploads()[0].remote_id

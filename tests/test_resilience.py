@@ -50,14 +50,14 @@ def test_flaky_network_and_transient_codes_still_publish_everything(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     config, folder = make_config(tmp_path, emulator)
-    emulator.set_faults(http_error_rate=0.3, transient_rate=0.1, drop_rate=0.05, seed=3)
+    emulator.set_faults(http_error_rate=0.3, transient_rate=0.1, drop_rate=0.1, seed=3)
     daemon = start_daemon(config)
     files = [folder / f"f{n}.png" for n in range(30)]
     for n, path in enumerate(files):
         path.write_bytes(png(n + 1, 4))
     wait_for(lambda: all(pushed(p) for p in files), timeout=60)
     faults = Counter(r.fault or r.code for r in emulator.requests() if r.fault or r.code)
-    assert faults["http_error"] > 0 and faults["drop"] > 0, faults
+    assert faults["http_error"] >= 5 and sum(faults.values()) >= 10, faults
     assert len(emulator.baidu_index()) == 30
     assert daemon.stop() == 0
 

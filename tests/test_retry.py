@@ -154,6 +154,9 @@ def test_parse_retry_after() -> None:
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
     assert parse_retry_after("120") == 120.0
     assert parse_retry_after(" 0 ") == 0.0
+    assert parse_retry_after("0.2") == 0.2
+    assert parse_retry_after("-5") is None
+    assert parse_retry_after("nan") is None
     assert parse_retry_after(None) is None
     assert parse_retry_after("") is None
     assert parse_retry_after("soon") is None

@@ -48,6 +48,7 @@ class BaiduBatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._first_seen: dict[str, float] = {}
+        self._flushing = threading.Lock()
         self.calls = 0
 
     def wake(self) -> None:
@@ -73,7 +74,15 @@ class BaiduBatcher:
         self.flush(force=True)
 
     def flush(self, *, force: bool) -> float:
-        """Send due batches; returns how long to sleep before the next look."""
+        """Send due batches; returns how long to sleep before the next look.
+
+        One flush at a time (the batcher thread and `drain` may both call it), so an item
+        is never picked for two calls.
+        """
+        with self._flushing:
+            return self._flush(force)
+
+    def _flush(self, force: bool) -> float:
         while not self._stop.is_set() or force:
             now = self.clock()
             resume = self.pipeline.paused_until(SERVICE)

@@ -188,12 +188,7 @@ class Engine:
     def run(self) -> int:
         """The daemon: watch, reconcile, work until SIGTERM/SIGINT; SIGHUP reloads."""
         self._install_signals()
-        requeued = self.journal.recover()
-        if any(requeued):
-            log.info("resuming after an interruption: %d uploads and %d Baidu items requeued", *requeued)
-        self._start_threads(watch=True)
-        for folder in self.settings.folders:
-            self._facts.put(Rescan(str(folder.path)))
+        self._start(watch=True)
         self.notifier.ready(self._status_line())
         log.info("watching %d folders", len(self.settings.folders))
         self._loop(until_idle=False)
@@ -205,15 +200,29 @@ class Engine:
         Returns 1 when anything failed in this pass or work is left queued (a retry or a
         paused service), else 0.
         """
-        self.journal.recover()
-        self._start_threads(watch=False)
-        for folder in self.settings.folders:
-            self._facts.put(Rescan(str(folder.path)))
+        self._start(watch=False)
         self._loop(until_idle=True)
         counts = self.journal.counts()
         self.left_queued = counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]
         self._shutdown()
         return 1 if self.outcomes["failed"] or self.left_queued else 0
+
+    def _start(self, *, watch: bool) -> None:
+        """Resume what a previous process left, start the threads, queue a full reconciliation."""
+        requeued = self.journal.recover()
+        if any(requeued):
+            log.info("resuming after an interruption: %d uploads and %d Baidu items requeued", *requeued)
+        self._release_configuration_pauses()
+        self._start_threads(watch=watch)
+        for folder in self.settings.folders:
+            self._facts.put(Rescan(str(folder.path)))
+
+    def _release_configuration_pauses(self) -> None:
+        """A new configuration (a start or a reload) deserves a new try; quota pauses stay."""
+        for pause in self.journal.pauses():
+            if pause.kind == "configuration":
+                self.journal.resume(pause.name)
+        self.journal.release_deferred("configuration")
 
     def stop(self) -> None:
         """Ask the loop to stop (thread-safe; used by signal handlers and tests)."""
@@ -520,9 +529,7 @@ class Engine:
             return
         add_secrets(settings.secrets())
         self._stop_batcher()
-        for pause in self.journal.pauses():
-            if pause.kind == "configuration":
-                self.journal.resume(pause.name)
+        self._release_configuration_pauses()
         self._build(settings)
         self._start_batcher()
         self._restart_watcher()

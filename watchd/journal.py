@@ -655,6 +655,14 @@ class Journal:
                 ).fetchone()[0]
             )
 
+    def release_deferred(self, kind: str) -> int:
+        """Make files deferred for `kind` (e.g. a configuration pause) due again now."""
+        with self._write() as db:
+            return db.execute(
+                "UPDATE files SET next_attempt_at = 0 WHERE state IN (?, ?) AND error_kind = ?",
+                (PENDING, UPLOADED, kind),
+            ).rowcount
+
     def counts_by_root(self) -> dict[str, dict[str, int]]:
         """Live files per watched folder and state (tombstones have no folder any more)."""
         with self._lock:

@@ -7,6 +7,7 @@ time from `backoff_delay` in the journal, so long waits never hold a worker.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import random
@@ -87,20 +88,22 @@ def backoff_delay(attempt: int, *, initial: float = 30.0, maximum: float = 3600.
     step, so a queue never comes back almost at once, and spread over the other half so
     items deferred together do not all return together.
     """
-    step = min(maximum, initial * 2 ** max(0, attempt - 1))
+    step = min(maximum, initial * 2.0 ** max(0, attempt - 1))
     return step / 2 + random.uniform(0, step / 2)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Return the seconds an HTTP `Retry-After` header asks for, or None if absent or unreadable.
 
-    The header holds either delta-seconds or an HTTP date; a date in the past means 0.
+    The header holds either delta-seconds (fractions tolerated) or an HTTP date; a date in
+    the past means 0.
     """
     if value is None or not value.strip():
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(text)
+    with contextlib.suppress(ValueError):
+        seconds = float(text)
+        return seconds if 0 <= seconds < float("inf") else None
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):

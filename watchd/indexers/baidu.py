@@ -2,8 +2,9 @@
 
 Requests are exactly as PROTOCOLS.md describes: a JSON body whose `image_list` /
 `delete_list` is a *string* holding compact JSON. Items that fail local validation get an
-error result and are never sent. Every answer is classified in `_classify`, from the one
-`_ERRNO` table; httpx's exceptions are translated in `_post`. Baidu answers a whole call
+error result and are never sent. Every answer is classified in `_classify` (errno, from
+the one `_ERRNO` table; an answer without one goes to `_without_errno`, by HTTP status);
+httpx's exceptions are translated in `_post`. Baidu answers a whole call
 with one errno, so when it says "a parameter is wrong" (2, 301001) the batch is split in
 halves and each half sent again, down to the single bad items, which fail alone while the
 others go through.
@@ -287,14 +288,7 @@ class BaiduIndexer:
             body = None
         errno_value = body.get("errno") if isinstance(body, dict) else None
         if errno_value is None:
-            status = response.status_code
-            if status < 300:
-                raise TransientError("malformed answer from Baidu (no errno)", service=SERVICE)
-            cls, meaning = _HTTP_STATUS.get(status, (TransientError, f"HTTP {status} from Baidu"))
-            if cls is TransientError:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                raise TransientError(meaning, service=SERVICE, code=str(status), retry_after=retry_after)
-            raise cls(meaning, service=SERVICE, code=str(status))
+            raise _without_errno(response)
         errmsg = str(body.get("errmsg") or "").replace(self._app_token, "***")
         try:
             errno = int(str(errno_value).strip())
@@ -310,6 +304,18 @@ class BaiduIndexer:
         if isinstance(error, PermanentFileError | AlreadyDoneError):
             return error
         raise error
+
+
+def _without_errno(response: httpx.Response) -> ServiceError:
+    """The error an answer without an errno means: by HTTP status, else a malformed answer."""
+    status = response.status_code
+    if status < 300:
+        return TransientError("malformed answer from Baidu (no errno)", service=SERVICE)
+    cls, meaning = _HTTP_STATUS.get(status, (TransientError, f"HTTP {status} from Baidu"))
+    if cls is TransientError:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return TransientError(meaning, service=SERVICE, code=str(status), retry_after=retry_after)
+    return cls(meaning, service=SERVICE, code=str(status))
 
 
 def _delete_entry(item_id: str) -> dict[str, Any]:

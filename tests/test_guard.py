@@ -1,0 +1,54 @@
+"""The mass-delete guard: bursts of deletions are held until a person confirms them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import run_cli, sidecar_of, write_config
+from tests.imagegen import png
+from watchd.emulator import Emulator
+from watchd.guard import DeleteGuard
+from watchd.journal import Journal
+
+
+def test_the_guard_holds_only_bursts_over_both_caps(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path)
+    rows = [journal.add(f"/w/{n}.png", "/w", 1, 1, None) for n in range(200)]
+    now = [1000.0]
+    guard = DeleteGuard(max_files=50, max_percent=20, window=600, clock=lambda: now[0])
+    allowed, held = guard.admit(rows[:40], lambda _root: 200)
+    assert (len(allowed), len(held)) == (40, 0)
+    allowed, held = guard.admit(rows[40:60], lambda _root: 200)  # 60 in the window: > 50 and 30 %
+    assert (len(allowed), len(held)) == (0, 20)
+    allowed, held = guard.admit(rows[40:60], lambda _root: 10_000)  # 60 of 10,000 is 0.6 %
+    assert (len(allowed), len(held)) == (20, 0)
+    now[0] += 601  # the window has passed
+    allowed, held = guard.admit(rows[60:100], lambda _root: 200)
+    assert (len(allowed), len(held)) == (40, 0)
+
+
+def test_a_mass_deletion_is_held_until_confirmed(tmp_path: Path, emulator: Emulator) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    files = [folder / f"m{n:03d}.png" for n in range(100)]
+    for n, path in enumerate(files):
+        path.write_bytes(png(n + 1, 2))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    for path in files[:60]:
+        path.unlink()
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert not [c for c in emulator.baidu_calls() if c.endpoint == "delPic"]
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert status["queue"]["held_deletes"] == 60
+    human = run_cli("status", "-c", str(config)).stdout
+    assert "confirm-deletes" in human
+
+    result = run_cli("confirm-deletes", "-c", str(config))
+    assert result.returncode == 0 and "60" in result.stdout
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    deletes = [c for c in emulator.baidu_calls() if c.endpoint == "delPic"]
+    assert [len(c.items) for c in deletes] == [10] * 6
+    assert not any(sidecar_of(p).exists() for p in files[:60])
+    assert all(sidecar_of(p).exists() for p in files[60:])
