@@ -84,3 +84,49 @@ def test_status_json_retry_and_forget(tmp_path: Path, emulator: Emulator) -> Non
     assert status["files"]["done"] == 1
     human = run_cli("status", "-c", str(config))
     assert human.returncode == 0 and str(folder) in human.stdout
+
+
+def test_sync_off_a_terminal_prints_plain_progress_and_a_summary(tmp_path: Path, emulator: Emulator) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    for n in range(3):
+        (folder / f"p{n}.png").write_bytes(png(n + 1, 2))
+    result = run_cli("sync", "-c", str(config), "--log-level", "warning")
+    assert result.returncode == 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sync:")]
+    assert lines[-2].startswith("sync: 3/3 files handled (")
+    assert lines[-1] == "sync: 3 published, 0 failed, 0 still queued (retry later or paused service)"
+    assert "\x1b[" not in result.stderr  # no colours or bars off a terminal
+
+
+def test_status_json_has_a_stable_schema(tmp_path: Path, emulator: Emulator) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert status["schema"] == 1
+    assert set(status) == {
+        "schema",
+        "journal",
+        "files",
+        "queue",
+        "folders",
+        "hosts",
+        "baidu",
+        "paused",
+        "recent_failures",
+        "baidu_failures",
+    }
+    assert set(status["files"]) == {"pending", "uploading", "uploaded", "done", "failed", "deleted"}
+    assert set(status["queue"]) == {"uploads", "baidu", "held_deletes"}
+    assert set(status["hosts"]["guest"]) == {"auth", "used_today", "daily_quota", "resets_at", "paused"}
+    assert status["hosts"]["guest"]["daily_quota"] == 1000 and status["hosts"]["me"]["daily_quota"] == 1500
+    assert set(status["baidu"]) == {
+        "submitted_today",
+        "daily_quota",
+        "resets_at",
+        "queue_push",
+        "queue_delete",
+        "paused",
+    }

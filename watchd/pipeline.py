@@ -245,7 +245,7 @@ class Pipeline:
             self.journal.record_retry(row.id, j.PENDING, "transient", "file vanished during upload", 0)
             return "gone"
         self.journal.record_uploaded(row.id, rules.host, uploaded, sha, utc_now())
-        log.info("uploaded %s → %s", path, uploaded.link, extra={"path": str(path)})
+        log.debug("uploaded %s → %s", path, uploaded.link, extra={"path": str(path)})
         return "uploaded"
 
     def _upload_failed(self, row: FileRow, service: str, exc: ServiceError) -> str:
@@ -291,6 +291,7 @@ class Pipeline:
             remove_sidecar(Path(row.sidecar_path))
         push, push_error = self._push_payload(row, rules)
         self.journal.record_done(row.id, str(sidecar), push, push_error)
+        log.info("published %s → %s (sidecar %s)", row.path, row.link, sidecar.name, extra={"path": row.path})
         return "done"
 
     def write_sidecar(self, row: FileRow, rules: EffectiveRules | None = None) -> Path:
