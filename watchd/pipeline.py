@@ -267,6 +267,14 @@ class Pipeline:
             log.error("%s paused: %s", service, reason)
             return self._defer(row, j.PENDING, "configuration", reason, self.clock() + CONFIG_PAUSE_RECHECK)
         retry_at = self.retry_at(row.attempts + 1)
+        log.warning(
+            "upload of %s deferred until %s: %s; it stays queued (if this persists, check the "
+            "network and api_url)",
+            row.path,
+            _clock_time(retry_at),
+            exc,
+            extra={"path": row.path},
+        )
         return self._defer(row, j.PENDING, "transient", str(exc), retry_at, outcome="retry")
 
     def _defer(
