@@ -174,3 +174,24 @@ def test_quota_pauses_baidu_until_the_reset_then_resumes(
     assert engine.sync() == 0
     stored = emulator.baidu_index()
     assert len(stored) == 6
+
+
+def test_one_refused_item_among_20_fails_alone_and_the_19_others_go_through(
+    setup: tuple[Path, Path, Path], emulator: Emulator
+) -> None:
+    config, public, _private = setup
+    emulator.set_faults(reject_titles_containing="forbidden")
+    for n in range(19):
+        (public / f"fine{n:02d}.png").write_bytes(png(n + 1, 4))
+    (public / "forbidden.png").write_bytes(png(40, 4))
+    result = run_cli("sync", "-c", str(config))
+    assert result.returncode == 1, "a failed submission fails the sync"
+    assert "Baidu: 19 submitted, 0 withdrawn, 1 failed" in result.stderr
+    stored = emulator.baidu_index()
+    assert len(stored) == 19
+    assert not any("forbidden" in item["title"] for item in stored.values())
+    assert emulator.baidu_calls()[0].errno == 2 and len(emulator.baidu_calls()[0].items) == 20
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    (failure,) = status["baidu_failures"]
+    assert failure["action"] == "push" and failure["reason"]
+    assert "baidu" not in json.loads(sidecar_of(public / "forbidden.png").read_text(encoding="utf-8"))

@@ -96,7 +96,10 @@ def test_sync_off_a_terminal_prints_plain_progress_and_a_summary(tmp_path: Path,
     assert result.returncode == 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("sync:")]
     assert lines[-2].startswith("sync: 3/3 files handled (")
-    assert lines[-1] == "sync: 3 published, 0 failed, 0 still queued (retry later or paused service)"
+    assert lines[-1] == (
+        "sync: 3 published, 0 failed, 0 still queued (retry later or paused service); "
+        "Baidu: 3 submitted, 0 withdrawn, 0 failed"
+    )
     assert "\x1b[" not in result.stderr  # no colours or bars off a terminal
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -50,6 +51,7 @@ class BaiduBatcher:
         self._first_seen: dict[str, float] = {}
         self._flushing = threading.Lock()
         self.calls = 0
+        self.outcomes: Counter[str] = Counter()
 
     def wake(self) -> None:
         """New items were queued: look at the outbox now."""
@@ -151,9 +153,11 @@ class BaiduBatcher:
                 if action == "push":  # sidecar first: a crash in between only resends the push
                     self._refresh_sidecar(row, when)
                 self.journal.outbox_sent(row, when)
+                self.outcomes["submitted" if action == "push" else "withdrawn"] += 1
                 done += 1
             elif isinstance(error, PermanentFileError):
                 self.journal.outbox_failed(row, error.message)
+                self.outcomes["failed"] += 1
                 log.warning("Baidu %s of %s failed: %s", action, row.baidu_id, error.message)
             else:
                 self.journal.outbox_retry([row.id], str(error), self.pipeline.retry_at(row.attempts + 1))

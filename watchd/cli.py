@@ -115,12 +115,18 @@ def _sync(args: argparse.Namespace) -> int:
     with SyncProgress(sys.stderr) as progress:
         engine = Engine(settings, progress=progress)
         code = engine.sync()
-    outcomes = dict(engine.outcomes)
-    print(
-        f"sync: {outcomes.get('done', 0)} published, {outcomes.get('failed', 0)} failed, "
-        f"{engine.left_queued} still queued (retry later or paused service)",
-        file=sys.stderr,
+    outcomes = engine.outcomes
+    summary = (
+        f"sync: {outcomes['done']} published, {outcomes['failed']} failed, "
+        f"{engine.left_queued} still queued (retry later or paused service)"
     )
+    if engine.batcher is not None:
+        baidu = engine.batcher.outcomes
+        summary += (
+            f"; Baidu: {baidu['submitted']} submitted, {baidu['withdrawn']} withdrawn, "
+            f"{baidu['failed']} failed"
+        )
+    print(summary, file=sys.stderr)
     if code:
         print("sync: see `watchd status` for the reasons", file=sys.stderr)
     return code

@@ -205,7 +205,8 @@ class Engine:
         counts = self.journal.counts()
         self.left_queued = counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]
         self._shutdown()
-        return 1 if self.outcomes["failed"] or self.left_queued else 0
+        baidu_failed = self.batcher.outcomes["failed"] if self.batcher is not None else 0
+        return 1 if self.outcomes["failed"] or baidu_failed or self.left_queued else 0
 
     def _start(self, *, watch: bool) -> None:
         """Resume what a previous process left, start the threads, queue a full reconciliation."""

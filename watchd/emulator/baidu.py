@@ -100,6 +100,7 @@ class Baidu:
                 raise _Errno(2, f"{list_field} must be a string holding a JSON list")
             if endpoint == "pushPic":
                 _check_list(items, MAX_PUSH, list_field, _push_item_problem)
+                self._check_content(items)
             else:
                 _check_list(items, MAX_DELETE, list_field, _delete_item_problem)
             if self._dice.hit(self._dice.faults.transient_rate):
@@ -112,6 +113,14 @@ class Baidu:
             self._calls.append(BaiduCall(endpoint, items or [], errno, errmsg, self._clock()))
         payload = {"errno": errno, "errmsg": errmsg, "data": None}
         return Answer(payload, str(errno), "app_token" if has_credentials else "none")
+
+    def _check_content(self, items: list[dict[str, Any]]) -> None:
+        """The injected content rule: a call holding a refused title is a parameter error, as
+        a real service's rules unknown to the client would make it."""
+        refused = self._dice.faults.reject_titles_containing
+        for n, item in enumerate(items):
+            if refused and refused in item["title"]:
+                raise _Errno(2, f"image_list[{n}] title: refused by the service")
 
     def _authorise(self, app_id: str, app_token: str) -> None:
         if app_id not in self._apps:

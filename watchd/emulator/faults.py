@@ -34,6 +34,7 @@ class Faults:
     retry_after: float | None = None
     data_as_list: bool = False
     seed: int = 0
+    reject_titles_containing: str | None = None  # Baidu answers errno 2 for a call holding such a title
 
     def __post_init__(self) -> None:
         problems = [
@@ -51,6 +52,8 @@ class Faults:
             problems.append("data_as_list must be true or false")
         if not is_json_int(self.seed):
             problems.append("seed must be an integer")
+        if self.reject_titles_containing is not None and not isinstance(self.reject_titles_containing, str):
+            problems.append("reject_titles_containing must be null or a string")
         if problems:
             raise ValueError("; ".join(problems))
 
