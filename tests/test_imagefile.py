@@ -49,6 +49,11 @@ def test_truncated_tail_is_incomplete(tmp_path: Path, maker, cut: int) -> None:
     assert (info.width, info.height) == (16, 16)
 
 
+def test_a_jpeg_with_a_trailer_after_its_end_marker_is_complete(tmp_path: Path) -> None:
+    data = imagegen.jpeg(16, 16, extra_bytes=100) + b"MotionPhoto_Data" + bytes(300_000)
+    assert inspect_image(write(tmp_path, "motion.jpg", data)).complete
+
+
 @pytest.mark.parametrize("maker", [imagegen.png, imagegen.jpeg, imagegen.gif])
 @pytest.mark.parametrize("keep", [1, 3, 8, 15])
 def test_file_cut_inside_the_header_is_incomplete_not_refused(tmp_path: Path, maker, keep: int) -> None:

@@ -139,7 +139,7 @@ class BaiduBatcher:
             return
         except ServiceError as exc:
             attempts = max(row.attempts for row in rows) + 1
-            self.journal.outbox_retry(ids, str(exc), self.pipeline.retry_at(attempts))
+            self.journal.outbox_retry(ids, str(exc), self.pipeline.retry_at(attempts, exc))
             log.warning("Baidu %s of %d items deferred: %s", action, len(rows), exc)
             return
         self._record(action, rows, results)
@@ -160,7 +160,8 @@ class BaiduBatcher:
                 self.outcomes["failed"] += 1
                 log.warning("Baidu %s of %s failed: %s", action, row.baidu_id, error.message)
             else:
-                self.journal.outbox_retry([row.id], str(error), self.pipeline.retry_at(row.attempts + 1))
+                retry_at = self.pipeline.retry_at(row.attempts + 1, error)
+                self.journal.outbox_retry([row.id], str(error), retry_at)
         log.info("Baidu %s: %d of %d items accepted", action, done, len(rows))
 
     def _refresh_sidecar(self, row: OutboxRow, pushed_at: str) -> None:

@@ -64,7 +64,10 @@ class ImageInfo:
 
     `width`/`height` are 0 when the file ends before its header does (`complete` is then
     False). `complete` is False when the file is structurally truncated: PNG without the
-    IEND chunk at the end, JPEG not ending with FFD9, GIF not ending with 0x3B.
+    IEND chunk at the end, GIF not ending with 0x3B, JPEG with no end-of-image marker
+    (FFD9) after its frame header. A JPEG may carry a trailer after its end marker (motion
+    photos append a video, some cameras their own data), so for JPEG the marker need not
+    be the last bytes.
     """
 
     kind: str
@@ -99,10 +102,13 @@ def inspect_image(path: Path, max_bytes: int = MAX_BYTES) -> ImageInfo:
                 f"{max_bytes / 1024 / 1024:g} MB ImageBan accepts: resize or recompress it"
             )
         dimensions = _jpeg_dimensions(f, path) if kind == "jpeg" else _header_dimensions(kind, head, path)
+        frame_end = f.tell()
         end = f.seek(0, os.SEEK_END)  # the current end: the file may still be growing
         f.seek(max(0, end - len(_PNG_END)))
         tail = f.read(len(_PNG_END))
-    complete = dimensions is not None and _ends_well(kind, tail)
+        complete = dimensions is not None and _ends_well(kind, tail)
+        if dimensions is not None and kind == "jpeg" and not complete:
+            complete = _has_jpeg_end_after(f, frame_end, end)
     width, height = dimensions or (0, 0)
     return ImageInfo(kind, _MIME[kind], size, width, height, complete)
 
@@ -206,6 +212,22 @@ def _jpeg_dimensions(f: BinaryIO, path: Path) -> tuple[int, int] | None:
             height, width = struct.unpack(">HH", frame[1:5])
             return width, height
         f.seek(length - 2, os.SEEK_CUR)
+
+
+def _has_jpeg_end_after(f: BinaryIO, start: int, end: int) -> bool:
+    """Whether an end-of-image marker lies between `start` and `end` (a JPEG with a trailer).
+
+    Read backwards in chunks from the end, overlapping by one byte so a marker split across
+    two chunks is found; only reached for JPEGs that do not end with the marker.
+    """
+    position = end
+    while position > start:
+        low = max(start, position - HASH_CHUNK)
+        f.seek(low)
+        if b"\xff\xd9" in f.read(position - low + 1):
+            return True
+        position = low
+    return False
 
 
 def _ends_well(kind: str, tail: bytes) -> bool:

@@ -27,6 +27,7 @@ from watchd.errors import (
     PermanentFileError,
     QuotaError,
     ServiceError,
+    TransientError,
 )
 from watchd.hosts.base import Host, UploadRequest
 from watchd.imagefile import inspect_image, sha256_file
@@ -266,7 +267,7 @@ class Pipeline:
             self.journal.pause(service, "configuration", None, reason)
             log.error("%s paused: %s", service, reason)
             return self._defer(row, j.PENDING, "configuration", reason, self.clock() + CONFIG_PAUSE_RECHECK)
-        retry_at = self.retry_at(row.attempts + 1)
+        retry_at = self.retry_at(row.attempts + 1, exc)
         log.warning(
             "upload of %s deferred until %s: %s; it stays queued (if this persists, check the "
             "network and api_url)",
@@ -422,10 +423,13 @@ class Pipeline:
             describe=describe,
         )
 
-    def retry_at(self, attempt: int) -> float:
-        """When queued work that failed `attempt` rounds in a row is tried again."""
+    def retry_at(self, attempt: int, error: BaseException | None = None) -> float:
+        """When queued work that failed `attempt` rounds in a row is tried again: the jittered
+        backoff, and never sooner than a server's Retry-After."""
         policy = self.settings.retry
         delay = backoff_delay(attempt, initial=policy.requeue_initial, maximum=policy.requeue_maximum)
+        if isinstance(error, TransientError) and error.retry_after:
+            delay = max(delay, error.retry_after)
         return self.clock() + delay
 
     def paused_until(self, service: str) -> float | None:
