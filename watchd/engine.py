@@ -78,7 +78,7 @@ class Engine:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
-        grace: float = 1.0,
+        grace: float | None = None,
         stop_timeout: float = 20.0,
         notifier: Notifier | None = None,
         progress: Progress | None = None,
@@ -86,7 +86,9 @@ class Engine:
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
-        self.grace = grace
+        # A vanished file waits this long for its other half (a move whose destination
+        # arrives as a settled new file) before it is treated as deleted.
+        self.grace = grace if grace is not None else settings.settle + 1.5
         self.stop_timeout = stop_timeout
         self.notifier = notifier or Notifier()
         self.progress = progress
