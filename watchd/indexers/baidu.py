@@ -4,10 +4,9 @@ Requests are exactly as PROTOCOLS.md describes: a JSON body whose `image_list` /
 `delete_list` is a *string* holding compact JSON. Items that fail local validation get an
 error result and are never sent. Every answer is classified in `_classify` (errno, from
 the one `_ERRNO` table; an answer without one goes to `_without_errno`, by HTTP status);
-httpx's exceptions are translated in `_post`. Baidu answers a whole call
-with one errno, so when it says "a parameter is wrong" (2, 301001) the batch is split in
-halves and each half sent again, down to the single bad items, which fail alone while the
-others go through.
+httpx's exceptions are translated in `_post`. Baidu answers a whole call with one errno,
+so when it says "a parameter is wrong" (2, 301001) the batch is split in halves and each
+half sent again, down to the single bad items, which fail alone while the others go through.
 """
 
 from __future__ import annotations
@@ -150,7 +149,7 @@ def encode_url(url: str) -> str:
     return "".join(out)
 
 
-def push_entry(item: PushItem) -> dict[str, Any]:
+def _push_entry(item: PushItem) -> dict[str, Any]:
     """The JSON object Baidu expects for one `pushPic` item (tags omitted when there are none)."""
     entry: dict[str, Any] = {
         "id": item.id,
@@ -200,7 +199,7 @@ class BaiduIndexer:
 
     def push(self, items: list[PushItem]) -> list[ItemResult]:
         """Submit up to 20 items (re-submissions carry `modify=True`); one result per item."""
-        return self._batch("pushPic", "image_list", items, self.max_push, validate_push_item, push_entry)
+        return self._batch("pushPic", "image_list", items, self.max_push, validate_push_item, _push_entry)
 
     def withdraw(self, ids: list[str]) -> list[ItemResult]:
         """Withdraw up to 10 previously pushed ids; one result per id."""
