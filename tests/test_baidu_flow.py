@@ -195,3 +195,19 @@ def test_one_refused_item_among_20_fails_alone_and_the_19_others_go_through(
     (failure,) = status["baidu_failures"]
     assert failure["action"] == "push" and failure["reason"]
     assert "baidu" not in json.loads(sidecar_of(public / "forbidden.png").read_text(encoding="utf-8"))
+
+
+def test_moves_while_stopped_are_moves_not_deletions(
+    setup: tuple[Path, Path, Path], emulator: Emulator
+) -> None:
+    config, public, _private = setup
+    (public / "before.png").write_bytes(png(21, 21))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    baidu_id = json.loads(sidecar_of(public / "before.png").read_text(encoding="utf-8"))["baidu"]["id"]
+    (public / "later").mkdir()
+    os.rename(public / "before.png", public / "later" / "after.png")
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert len(emulator.uploads()) == 1 and deletes(emulator) == []
+    assert not sidecar_of(public / "before.png").exists()
+    moved = json.loads(sidecar_of(public / "later" / "after.png").read_text(encoding="utf-8"))
+    assert moved["baidu"]["id"] == baidu_id and moved["name"] == "after.png"

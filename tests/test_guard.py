@@ -52,3 +52,21 @@ def test_a_mass_deletion_is_held_until_confirmed(tmp_path: Path, emulator: Emula
     assert [len(c.items) for c in deletes] == [10] * 6
     assert not any(sidecar_of(p).exists() for p in files[:60])
     assert all(sidecar_of(p).exists() for p in files[60:])
+
+
+def test_raising_the_cap_releases_held_deletions(tmp_path: Path, emulator: Emulator) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    files = [folder / f"r{n:02d}.png" for n in range(80)]
+    for n, path in enumerate(files):
+        path.write_bytes(png(n + 1, 2))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    for path in files[:55]:
+        path.unlink()
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert json.loads(run_cli("status", "-c", str(config), "--json").stdout)["queue"]["held_deletes"] == 55
+    config.write_text(config.read_text() + "delete_guard:\n  max_files: 100\n")
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    deletes = [c for c in emulator.baidu_calls() if c.endpoint == "delPic"]
+    assert sum(len(c.items) for c in deletes) == 55

@@ -255,3 +255,22 @@ def test_reconciliation_restores_lost_sidecars_and_clears_stale_temp_files(
     assert sidecar_of(public / "keep.png").read_text(encoding="utf-8") == before
     assert not stale.exists()
     assert len(emulator.uploads()) == 1
+
+
+def test_a_broken_rule_file_fails_its_files_until_it_is_fixed(
+    two_folders: tuple[Path, Path, Path], emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    config, public, _guest = two_folders
+    (public / "albums").mkdir()
+    rule_file = public / "albums" / ".watchd.yaml"
+    rule_file.write_text("album: [not, a, string\n", encoding="utf-8")
+    daemon = start_daemon(config)
+    drop(public / "albums" / "held.png", png(7, 7))
+    drop(public / "elsewhere.png", png(8, 8))
+    wait_for(lambda: sidecar_of(public / "elsewhere.png").exists())
+    failures = wait_for(lambda: status(config)["recent_failures"])
+    assert ".watchd.yaml" in failures[0]["reason"] and failures[0]["path"].endswith("held.png")
+    rule_file.write_text("album: fixed01\n", encoding="utf-8")
+    wait_for(lambda: sidecar_of(public / "albums" / "held.png").exists())
+    assert [u.album for u in emulator.uploads() if u.name == "held.png"] == ["fixed01"]
+    assert daemon.alive() and daemon.stop() == 0

@@ -271,3 +271,32 @@ def test_a_really_full_filesystem_delays_the_sidecar_and_loses_nothing(
         wait_for(lambda: sidecar_of(image).exists())
         assert len(emulator.uploads()) == 1
         assert daemon.stop() == 0
+
+
+def test_a_full_disk_under_the_journal_stops_nothing_and_loses_nothing(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    # Large enough for SQLite's write-ahead log to grow to its checkpoint size once space is back.
+    with small_filesystem(tmp_path / "state", "8m") as state:
+        folder = tmp_path / "pics"
+        folder.mkdir()
+        config = write_config(
+            tmp_path / "config.yaml", emulator, [{"path": folder}], state_dir=state, extra=FAST_RETRIES
+        )
+        daemon = start_daemon(config)
+        (folder / "first.png").write_bytes(png(5, 5))
+        wait_for(lambda: sidecar_of(folder / "first.png").exists())
+        filler = state / "filler.bin"
+        with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 4096)
+        files = [folder / f"while-full-{n}.png" for n in range(40)]
+        for n, path in enumerate(files):
+            path.write_bytes(png(n + 10, 5, extra_bytes=2000))
+        wait_for(lambda: "cannot write the journal" in daemon.log(), timeout=20)
+        assert daemon.alive()
+        filler.unlink()
+        wait_for(lambda: all(sidecar_of(p).exists() for p in files), timeout=40)
+        assert daemon.stop() == 0
+        status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+        assert status["files"]["done"] == 41

@@ -9,7 +9,9 @@ until the reset (quota) or a reload (configuration), and the queue is kept.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -82,7 +84,12 @@ class BaiduBatcher:
         is never picked for two calls.
         """
         with self._flushing:
-            return self._flush(force)
+            try:
+                return self._flush(force)
+            except sqlite3.Error:  # results could not be recorded: resend those items later
+                with contextlib.suppress(sqlite3.Error):
+                    self.journal.requeue_sending()
+                raise
 
     def _flush(self, force: bool) -> float:
         while not self._stop.is_set() or force:

@@ -8,11 +8,13 @@ whatever is in the journal can be resumed by a new process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import random
 import signal
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -37,6 +39,7 @@ from watchd.journal import Journal
 from watchd.logs import add_secrets
 from watchd.pipeline import Intake, Pipeline, candidate_name
 from watchd.quota import QuotaGate
+from watchd.rules import RULE_FILE_NAME
 from watchd.scan import reconcile
 from watchd.systemd import Notifier, WatchdogPinger
 from watchd.watcher import Changed, DirGone, Fact, Finished, FolderWatcher, Gone, Moved, Rescan, WatchSpec
@@ -44,6 +47,7 @@ from watchd.watcher import Changed, DirGone, Fact, Finished, FolderWatcher, Gone
 log = logging.getLogger(__name__)
 
 ROOT_CHECK_INTERVAL = 5.0
+JOURNAL_RETRY_SECONDS = 5.0
 
 
 class Progress(Protocol):
@@ -216,6 +220,7 @@ class Engine:
         if any(requeued):
             log.info("resuming after an interruption: %d uploads and %d Baidu items requeued", *requeued)
         self._release_configuration_pauses()
+        self.journal.rejudge_held_deletes()
         self._start_threads(watch=watch)
         for folder in self.settings.folders:
             self._facts.put(Rescan(str(folder.path)))
@@ -256,25 +261,56 @@ class Engine:
         pinger = WatchdogPinger(self.notifier)
         while not self._stopping:
             try:
-                fact = self._facts.get(timeout=self._timeout())
+                if self._turn(until_idle=until_idle):
+                    return
+            except sqlite3.Error as exc:
+                if until_idle:
+                    raise
+                self._journal_trouble(exc)
+            pinger.tick()
+
+    def _turn(self, *, until_idle: bool) -> bool:
+        """One turn of the loop: handle facts, timers and dispatch; True when idle (sync)."""
+        try:
+            fact = self._facts.get(timeout=self._timeout())
+        except queue.Empty:
+            fact = None
+        while fact is not None:
+            self._handle(fact)
+            try:
+                fact = self._facts.get_nowait()
             except queue.Empty:
                 fact = None
-            while fact is not None:
-                self._handle(fact)
-                try:
-                    fact = self._facts.get_nowait()
-                except queue.Empty:
-                    fact = None
-            now = self.clock()
-            self._check_settling(now)
-            if self.watcher is not None:
-                self._check_roots(now)
-                self._periodic_rescan(now)
-            self._check_missing(now, force=until_idle)
-            self._dispatch(now)
-            pinger.tick()
-            if until_idle and self._idle(now):
-                return
+        now = self.clock()
+        self._check_settling(now)
+        if self.watcher is not None:
+            self._check_roots(now)
+            self._periodic_rescan(now)
+        self._check_missing(now, force=until_idle)
+        self._dispatch(now)
+        return until_idle and self._idle(now)
+
+    def _journal_trouble(self, exc: sqlite3.Error) -> None:
+        """The journal cannot be written (full or read-only disk): wait, then pick up again.
+
+        SQLite rolls back what it could not write, so nothing is half-recorded; facts lost
+        meanwhile are found again by the full reconciliation queued here.
+        """
+        log.error(
+            "cannot write the journal %s (%s): free space on that disk or make it writable; "
+            "watchd retries every %.0f s and loses nothing",
+            self.journal.path,
+            exc,
+            JOURNAL_RETRY_SECONDS,
+        )
+        self.notifier.status(f"journal not writable: {exc}")
+        time.sleep(JOURNAL_RETRY_SECONDS)
+        try:
+            self.journal.recover(exclude=self._in_flight, outbox=False)
+        except sqlite3.Error:
+            return
+        for folder in self.settings.folders:
+            self._facts.put(Rescan(str(folder.path)))
 
     def _timeout(self) -> float:
         now = self.clock()
@@ -291,6 +327,9 @@ class Engine:
 
     def _handle(self, fact: Fact | _Done | _Control) -> None:
         match fact:
+            case Finished(path) | Changed(path) | Gone(path) if os.path.basename(path) == RULE_FILE_NAME:
+                for again in self.pipeline.rule_file_changed(path):
+                    self._intake(again, settled=False)
             case Finished(path):
                 self._settling.pop(path, None)
                 self._intake(path, settled=False)
@@ -477,14 +516,20 @@ class Engine:
                 return
             try:
                 outcome = self.pipeline.process(file_id)
+            except sqlite3.Error as exc:  # the journal is not writable: the loop backs off
+                log.error("cannot record the work on file #%d in the journal: %s", file_id, exc)
+                outcome = "journal"
             except Exception as exc:  # a bug must not kill the worker or lose the file
                 log.exception("internal error processing file #%d; retrying in 60 s", file_id)
-                self.journal.record_retry(file_id, j.PENDING, "internal", repr(exc), self.clock() + 60)
                 outcome = "retry"
+                with contextlib.suppress(sqlite3.Error):
+                    self.journal.record_retry(file_id, j.PENDING, "internal", repr(exc), self.clock() + 60)
             self._facts.put(_Done(file_id, outcome))
 
     def _finished(self, file_id: int, outcome: str) -> None:
         self._in_flight.discard(file_id)
+        if outcome == "journal":
+            raise sqlite3.OperationalError("a worker could not write the journal")
         row = self.journal.get_by_id(file_id)
         self._count(outcome, row.path if row and row.path else f"#{file_id}")
         if outcome == "done" and self.batcher is not None:
@@ -533,6 +578,7 @@ class Engine:
         add_secrets(settings.secrets())
         self._stop_batcher()
         self._release_configuration_pauses()
+        self.journal.rejudge_held_deletes()
         self._build(settings)
         self._start_batcher()
         self._restart_watcher()
@@ -552,7 +598,8 @@ class Engine:
             except queue.Empty:
                 continue
             if isinstance(fact, _Done):
-                self._finished(fact.file_id, fact.outcome)
+                with contextlib.suppress(sqlite3.Error):
+                    self._finished(fact.file_id, fact.outcome)
         if self._in_flight:
             log.warning(
                 "%d uploads still in flight at shutdown; they resume at the next start", len(self._in_flight)

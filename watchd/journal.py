@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,6 +329,12 @@ class Journal:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM files WHERE delete_held = 1").fetchone()[0])
 
+    def rejudge_held_deletes(self) -> int:
+        """Put held deletions back before the guard (after a start or reload: the caps may
+        have been raised); returns how many."""
+        with self._write() as db:
+            return db.execute("UPDATE files SET delete_held = 0 WHERE delete_held = 1").rowcount
+
     def confirm_deletes(self) -> int:
         """Release every held deletion; returns how many (they are processed at once)."""
         with self._write() as db:
@@ -447,13 +453,19 @@ class Journal:
         """A permanent failure: never retried automatically (`watchd retry` does it)."""
         self._set(file_id, state=FAILED, error_kind=kind, reason=reason)
 
-    def record_failed_new(self, path: str, root: str, size: int, mtime_ns: int, reason: str) -> FileRow:
+    def record_failed_new(
+        self, path: str, root: str, size: int, mtime_ns: int, reason: str, kind: str = "permanent"
+    ) -> FileRow:
         """A file that failed before it was ever queued (bad input): a row so `status` shows it."""
         row = self.get(path)
         if row is None:
             row = self.add(path, root, size, mtime_ns, None, state=FAILED)
-        self._set(row.id, state=FAILED, size=size, mtime_ns=mtime_ns, error_kind="permanent", reason=reason)
+        self._set(row.id, state=FAILED, size=size, mtime_ns=mtime_ns, error_kind=kind, reason=reason)
         return self.get_by_id(row.id) or row
+
+    def failed_by_rules(self, directory: str) -> list[FileRow]:
+        """Files at or below `directory` that failed because a rule file was broken."""
+        return [row for row in self.under(directory) if row.state == FAILED and row.error_kind == "rules"]
 
     def move(self, file_id: int, new_path: str, root: str, sidecar_path: str | None) -> None:
         """The original was renamed or moved inside the watched folders."""
@@ -578,20 +590,29 @@ class Journal:
                 (FAILED, reason, time.time(), row.id),
             )
 
-    def recover(self) -> tuple[int, int]:
-        """After a crash: interrupted uploads and batches go back to the queue.
+    def recover(self, exclude: Collection[int] = (), *, outbox: bool = True) -> tuple[int, int]:
+        """After a crash: interrupted uploads (and, with `outbox`, batches) go back to the queue.
 
         Returns (files requeued, outbox items requeued). An interrupted upload may have
         reached the host; it is uploaded again (at most one duplicate per item in flight).
+        `exclude` names files whose upload is still running in this process.
         """
         with self._write() as db:
-            files = db.execute(
-                "UPDATE files SET state = ?, next_attempt_at = 0 WHERE state = ?", (PENDING, UPLOADING)
-            ).rowcount
-            items = db.execute(
+            files = sum(
+                db.execute(
+                    "UPDATE files SET state = ?, next_attempt_at = 0 WHERE id = ?", (PENDING, file_id)
+                ).rowcount
+                for (file_id,) in db.execute("SELECT id FROM files WHERE state = ?", (UPLOADING,)).fetchall()
+                if file_id not in exclude
+            )
+        return files, self.requeue_sending() if outbox else 0
+
+    def requeue_sending(self) -> int:
+        """Outbox items marked "sending" whose call is over (or died) go back to the queue."""
+        with self._write() as db:
+            return db.execute(
                 "UPDATE outbox SET state = ?, next_attempt_at = 0 WHERE state = ?", (QUEUED, SENDING)
             ).rowcount
-        return files, items
 
     # -- services and quotas -----------------------------------------------------------
 
@@ -718,6 +739,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("PRAGMA journal_size_limit = 8388608")  # give disk space back after a burst
     db.execute("PRAGMA foreign_keys = ON")
     db.isolation_level = "DEFERRED"
     return db

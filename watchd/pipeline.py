@@ -118,7 +118,7 @@ class Pipeline:
         try:
             self.resolver.rules_for(Path(path))
         except RuleFileError as exc:
-            return self._reject(path, root, None, f"rule file problem: {exc}")
+            return self._reject(path, root, None, f"rule file problem: {exc}", kind="rules")
         if not self.resolver.is_candidate(Path(path)):
             return Intake.IGNORED
         try:
@@ -176,11 +176,23 @@ class Pipeline:
         self.journal.requeue(row.id, info.st_size, info.st_mtime_ns, None)
         return Intake.QUEUED
 
-    def _reject(self, path: str, root: str, info: os.stat_result | None, reason: str) -> Intake:
+    def _reject(
+        self, path: str, root: str, info: os.stat_result | None, reason: str, kind: str = "permanent"
+    ) -> Intake:
         size, mtime = (info.st_size, info.st_mtime_ns) if info else (0, 0)
-        self.journal.record_failed_new(path, root, size, mtime, reason)
+        self.journal.record_failed_new(path, root, size, mtime, reason, kind)
         log.warning("not uploaded: %s: %s", path, reason, extra={"path": path})
         return Intake.FAILED
+
+    def rule_file_changed(self, rule_file: str) -> list[str]:
+        """A `.watchd.yaml` was written or removed: drop its cached rules and return the files
+        below it that failed because of a broken rule file, to be taken in again."""
+        directory = os.path.dirname(rule_file)
+        self.resolver.invalidate(Path(directory))
+        failed = self.journal.failed_by_rules(directory)
+        for row in failed:
+            self.journal.forget(row.id)
+        return [row.path for row in failed if row.path is not None]
 
     # -- doing -----------------------------------------------------------------------
 
