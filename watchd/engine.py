@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -403,7 +403,7 @@ class Engine:
             return
         self.pipeline.move(row, dest)
 
-    def _gone(self, rows: list[j.FileRow | None]) -> None:
+    def _gone(self, rows: Sequence[j.FileRow | None]) -> None:
         now = self.clock()
         for row in rows:
             if row is not None and row.path is not None and row.missing_since is None:

@@ -352,11 +352,15 @@ class Journal:
         return [row for row in rows if row.id not in exclude][:limit]
 
     def next_due_time(self) -> float | None:
+        """The earliest next-attempt time of queued uploads and sidecars, None if none is queued."""
+        return self._minimum(
+            "SELECT MIN(next_attempt_at) FROM files WHERE state IN (?, ?)", (PENDING, UPLOADED)
+        )
+
+    def _minimum(self, sql: str, args: Sequence[object]) -> float | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT MIN(next_attempt_at) FROM files WHERE state IN (?, ?)", (PENDING, UPLOADED)
-            ).fetchone()
-        return row[0]
+            value = self._db.execute(sql, args).fetchone()[0]
+        return None if value is None else float(value)
 
     # -- changing files ----------------------------------------------------------------
 
@@ -533,14 +537,32 @@ class Journal:
         )
 
     def due_outbox(self, action: str, now: float, limit: int) -> list[OutboxRow]:
+        return self._outbox_rows(
+            "state = ? AND action = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+            (QUEUED, action, now, limit),
+        )
+
+    def _outbox_rows(self, where: str, args: Sequence[object]) -> list[OutboxRow]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, file_id, action, baidu_id, payload, state, attempts, next_attempt_at, reason "
-                "FROM outbox WHERE state = ? AND action = ? AND next_attempt_at <= ? "
-                "ORDER BY next_attempt_at, id LIMIT ?",
-                (QUEUED, action, now, limit),
+                f"FROM outbox WHERE {where}",
+                args,
             ).fetchall()
-        return [OutboxRow(*r[:4], json.loads(r[4]) if r[4] else None, *r[5:]) for r in rows]
+        return [
+            OutboxRow(
+                id=r[0],
+                file_id=r[1],
+                action=r[2],
+                baidu_id=r[3],
+                payload=json.loads(r[4]) if r[4] else None,
+                state=r[5],
+                attempts=r[6],
+                next_attempt_at=r[7],
+                reason=r[8],
+            )
+            for r in rows
+        ]
 
     def outbox_depth(self, action: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM outbox WHERE state IN (?, ?, ?)"
@@ -552,11 +574,8 @@ class Journal:
             return int(self._db.execute(sql, args).fetchone()[0])
 
     def next_outbox_time(self) -> float | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT MIN(next_attempt_at) FROM outbox WHERE state = ?", (QUEUED,)
-            ).fetchone()
-        return row[0]
+        """The earliest next-attempt time of queued Baidu items, None if none is queued."""
+        return self._minimum("SELECT MIN(next_attempt_at) FROM outbox WHERE state = ?", (QUEUED,))
 
     def mark_sending(self, ids: Sequence[int]) -> None:
         """Intent: these outbox items are about to be sent."""
@@ -718,13 +737,7 @@ class Journal:
         )
 
     def outbox_failures(self, limit: int = 20) -> list[OutboxRow]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, file_id, action, baidu_id, payload, state, attempts, next_attempt_at, reason "
-                "FROM outbox WHERE state = ? ORDER BY updated_at DESC LIMIT ?",
-                (FAILED, limit),
-            ).fetchall()
-        return [OutboxRow(*r[:4], json.loads(r[4]) if r[4] else None, *r[5:]) for r in rows]
+        return self._outbox_rows("state = ? ORDER BY updated_at DESC LIMIT ?", (FAILED, limit))
 
     def _set(self, file_id: int, **fields: object) -> None:
         columns = ", ".join(f"{name} = ?" for name in fields)
