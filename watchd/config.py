@@ -226,6 +226,25 @@ class HostSettings(_Model):
         return ACCOUNT_QUOTA if self.auth == "account" else GUEST_QUOTA
 
 
+class MetricsSettings(_Model):
+    """The optional Prometheus endpoint: `listen` is host:port, loopback unless you mean otherwise."""
+
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class BaiduSettings(_Model):
     """Baidu image-search submission (pushPic / delPic)."""
 
@@ -289,6 +308,7 @@ class Settings(_Model):
     rescan_interval: float = Field(default=3600.0, ge=0)
     retry: RetrySettings = RetrySettings()
     delete_guard: DeleteGuardSettings = DeleteGuardSettings()
+    metrics: MetricsSettings | None = None
     _config_path: Path | None = PrivateAttr(default=None)
     _warnings: tuple[str, ...] = PrivateAttr(default=())
 

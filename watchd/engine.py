@@ -37,6 +37,7 @@ from watchd.hosts.imageban import ImageBanHost
 from watchd.indexers.baidu import BaiduIndexer
 from watchd.journal import Journal
 from watchd.logs import add_secrets
+from watchd.metrics import Metrics, MetricsServer
 from watchd.pipeline import Intake, Pipeline, candidate_name
 from watchd.quota import QuotaGate
 from watchd.rules import RULE_FILE_NAME
@@ -109,6 +110,9 @@ class Engine:
         self._facts: queue.SimpleQueue[Fact | _Done | _Control] = queue.SimpleQueue()
         self._work: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._in_flight: set[int] = set()
+        self._dispatched_at: dict[int, float] = {}
+        self.metrics: Metrics | None = None
+        self._metrics_server: MetricsServer | None = None
         self._dirty: set[int] = set()
         self._settling: dict[str, tuple[int, int, float]] = {}
         self._unavailable: set[str] = set()
@@ -195,6 +199,7 @@ class Engine:
         """The daemon: watch, reconcile, work until SIGTERM/SIGINT; SIGHUP reloads."""
         self._install_signals()
         self._start(watch=True)
+        self._start_metrics()
         self.notifier.ready(self._status_line())
         log.info("watching %d folders", len(self.settings.folders))
         self._loop(until_idle=False)
@@ -224,6 +229,47 @@ class Engine:
         self._start_threads(watch=watch)
         for folder in self.settings.folders:
             self._facts.put(Rescan(str(folder.path)))
+
+    def _start_metrics(self) -> None:
+        if self.settings.metrics is None:
+            return
+        host, port = self.settings.metrics.address
+        self.metrics = Metrics(self._gauges)
+        try:
+            self._metrics_server = MetricsServer(self.metrics, host, port).start()
+        except OSError as exc:
+            log.error(
+                "metrics endpoint %s not started: %s; change metrics.listen",
+                self.settings.metrics.listen,
+                exc,
+            )
+            return
+        log.info("metrics at http://%s:%d/metrics", host, self._metrics_server.port)
+
+    def _gauges(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        """The journal's view, read at scrape time (the metrics thread; the journal locks)."""
+        counts = self.journal.counts()
+        paused = {pause.name for pause in self.journal.pauses()}
+        services = [*self.pipeline.quotas.values()]
+        if self.batcher is not None:
+            services.append(self.batcher.quota)
+        return {
+            "watchd_files": {(("state", state),): float(n) for state, n in counts.items()},
+            "watchd_queue": {
+                (("queue", "uploads"),): float(counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]),
+                (("queue", "baidu_push"),): float(self.journal.outbox_depth("push")),
+                (("queue", "baidu_delete"),): float(self.journal.outbox_depth("delete")),
+            },
+            "watchd_quota_used_today": {(("service", g.service),): float(g.used_today()) for g in services},
+            "watchd_quota_remaining": {
+                (("service", g.service),): float(left)
+                for g in services
+                if (left := g.remaining()) is not None
+            },
+            "watchd_service_paused": {
+                (("service", g.service),): float(g.service in paused) for g in services
+            },
+        }
 
     def _release_configuration_pauses(self) -> None:
         """A new configuration (a start or a reload) deserves a new try; quota pauses stay."""
@@ -507,6 +553,7 @@ class Engine:
             return
         for row in self.journal.due_uploads(now, free, self._in_flight):
             self._in_flight.add(row.id)
+            self._dispatched_at[row.id] = time.monotonic()
             self._work.put(row.id)
 
     def _worker(self) -> None:
@@ -528,6 +575,9 @@ class Engine:
 
     def _finished(self, file_id: int, outcome: str) -> None:
         self._in_flight.discard(file_id)
+        started = self._dispatched_at.pop(file_id, None)
+        if self.metrics is not None:
+            self.metrics.observe(outcome, None if started is None else time.monotonic() - started)
         if outcome == "journal":
             raise sqlite3.OperationalError("a worker could not write the journal")
         row = self.journal.get_by_id(file_id)
@@ -607,6 +657,8 @@ class Engine:
         for _ in self._workers:
             self._work.put(None)
         self._stop_batcher()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
         self.http.close()
         self.journal.close()
         return 0
