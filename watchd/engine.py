@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 ROOT_CHECK_INTERVAL = 5.0
 JOURNAL_RETRY_SECONDS = 5.0
+STATUS_INTERVAL = 1.0
 
 
 class Progress(Protocol):
@@ -111,6 +112,8 @@ class Engine:
         self._work: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._in_flight: set[int] = set()
         self._dispatched_at: dict[int, float] = {}
+        self._status_dirty = False
+        self._status_sent = 0.0
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
         self._dirty: set[int] = set()
@@ -314,6 +317,7 @@ class Engine:
                     raise
                 self._journal_trouble(exc)
             pinger.tick()
+            self._report_status()
 
     def _turn(self, *, until_idle: bool) -> bool:
         """One turn of the loop: handle facts, timers and dispatch; True when idle (sync)."""
@@ -368,6 +372,8 @@ class Engine:
             deadlines.append(due)
         if self.journal.missing(older_than=now):
             deadlines.append(now + self.grace)
+        if self._status_dirty and self.notifier.enabled:
+            deadlines.append(now + max(0.0, self._status_sent + STATUS_INTERVAL - time.monotonic()))
         interval = self.notifier.watchdog_interval()
         return max(0.005, min([30.0, (interval or 30.0), *(d - now for d in deadlines)]))
 
@@ -596,7 +602,15 @@ class Engine:
             self.last_error = f"{path}: {row.reason}" if row and row.reason else path
         if self.progress is not None:
             self.progress.advance(outcome, path)
-        self.notifier.status(self._status_line())
+        self._status_dirty = True
+
+    def _report_status(self) -> None:
+        """Send STATUS= at most once a second, and only under systemd: it costs a few queries."""
+        now = time.monotonic()
+        if self._status_dirty and self.notifier.enabled and now - self._status_sent >= STATUS_INTERVAL:
+            self._status_dirty = False
+            self._status_sent = now
+            self.notifier.status(self._status_line())
 
     def _idle(self, now: float) -> bool:
         if self._in_flight or self._settling or self.journal.missing(older_than=now):

@@ -250,7 +250,7 @@ class Pipeline:
         self.journal.claim_upload(row.id, sha)
         try:
             uploaded = self.call_with_retry(
-                lambda: host.upload(UploadRequest(path, path.name, rules.album)), f"upload of {path}"
+                lambda: host.upload(UploadRequest(path, path.name, rules.album, image)), f"upload of {path}"
             )
         except ServiceError as exc:
             return self._upload_failed(row, service, exc)

@@ -6,14 +6,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from watchd.imagefile import ImageInfo
+
 
 @dataclass(frozen=True)
 class UploadRequest:
-    """What to upload: the local file, the name to show, and the optional album."""
+    """What to upload: the local file, the name to show, and the optional album.
+
+    `image` is the caller's fresh `inspect_image` of the file, which spares the host a
+    second look; without it the host inspects the file itself.
+    """
 
     path: Path
     name: str
     album: str | None = None
+    image: ImageInfo | None = None
 
 
 @dataclass(frozen=True)

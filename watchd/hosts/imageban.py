@@ -96,13 +96,14 @@ class ImageBanHost:
     def upload(self, request: UploadRequest) -> Uploaded:
         """Upload one file; return where it now lives.
 
-        The file is checked first (JPEG/PNG/GIF, ≤ 10 MB, complete) and refused with
-        `PermanentFileError` before any request. It is streamed from disk, never read whole.
+        The file is checked first (JPEG/PNG/GIF, ≤ 10 MB, complete; from `request.image`
+        when the caller already inspected it) and refused with `PermanentFileError`
+        before any request. It is streamed from disk, never read whole.
         Raise only `ServiceError` subclasses, plus `FileNotFoundError` if the file is gone.
         Not idempotent: each call that succeeds creates a new image on ImageBan.
         """
         try:
-            info = inspect_image(request.path)
+            info = request.image or inspect_image(request.path)
         except PermanentFileError as exc:
             raise PermanentFileError(exc.message, service=self.service) from exc
         if not info.complete:
