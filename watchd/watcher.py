@@ -18,11 +18,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
+    DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
@@ -42,6 +44,21 @@ log = logging.getLogger(__name__)
 NETWORK_FILESYSTEMS = frozenset(
     {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "davfs", "afs", "lustre", "gpfs"}
 )
+
+
+# What inotify is asked for. Opens, reads, attribute changes and every single write are
+# left out: a finished file is known by its close-after-write, and reading a directory (as
+# reconciliation does) must not flood the kernel's event queue.
+INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
+    FileClosedEvent,
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+]
+OVERFLOW_RESCAN_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
@@ -181,7 +198,8 @@ class _OverflowListener(logging.Handler):
 
     watchdog rebuilds its watches after an overflow but tells its users only through this
     log line (from the thread that reads the inotify descriptor); every folder watched by
-    inotify may have lost events, so each gets a `Rescan`.
+    inotify may have lost events, so each gets a `Rescan` — at most once per
+    `OVERFLOW_RESCAN_INTERVAL`, so that a storm of overflows cannot become a storm of scans.
     """
 
     LOGGER = "watchdog.observers.inotify_c"
@@ -191,11 +209,17 @@ class _OverflowListener(logging.Handler):
         super().__init__(level=logging.WARNING)
         self._roots = roots
         self._sink = sink
+        self._last = -OVERFLOW_RESCAN_INTERVAL
 
     def emit(self, record: logging.LogRecord) -> None:
-        if str(record.msg).startswith(self.MESSAGE):
-            for root in self._roots():
-                self._sink(Rescan(str(root)))
+        if not str(record.msg).startswith(self.MESSAGE):
+            return
+        now = time.monotonic()
+        if now - self._last < OVERFLOW_RESCAN_INTERVAL:
+            return
+        self._last = now
+        for root in self._roots():
+            self._sink(Rescan(str(root)))
 
 
 class FolderWatcher:
@@ -239,7 +263,9 @@ class FolderWatcher:
         poll = spec.poll if spec.poll is not None else needs_polling(spec.root)
         if not poll:
             try:
-                self._inotify.schedule(self._handler, str(spec.root), recursive=spec.recursive)
+                self._inotify.schedule(
+                    self._handler, str(spec.root), recursive=spec.recursive, event_filter=INOTIFY_EVENTS
+                )
                 self.inotified.append(spec.root)
                 return
             except OSError as exc:
