@@ -8,8 +8,9 @@ One module per scenario, each exposing `run(size, workdir) -> Scenario`:
 - `restart`: `watchd sync` with nothing to do over a large journal: time and peak RSS;
 - `idle`: CPU seconds of an idle `watchd run` watching many directories.
 
-`harness` holds what they share (sizes, figures, child processes, configs, images),
-`shell` the comparison scripts, `probe` the inotify wait for sidecars, `raw_upload` the
-ceiling client and `report` the table. Every figure is the median over repeated runs, and
-every comparison is a ratio taken within one run before the median.
+What they share: `harness` (sizes, targets, figures), `children` (the processes under
+test), `fixtures` (emulator, configs, images), `probe` (inotify wait for sidecars),
+`shell` (the bash comparisons), `raw_upload` (the ceiling client), `report` (table, JSON).
+Every figure is the median over repeated runs, and every comparison is a ratio taken
+within one run before the median. docs/benchmarks.md has the results and their analysis.
 """

@@ -115,3 +115,15 @@ def test_a_missing_folder_is_unavailable_not_an_error(tmp_path: Path) -> None:
     folder_watcher.start()
     folder_watcher.stop()
     assert folder_watcher.unavailable == [tmp_path / "gone"]
+
+
+def test_a_storm_of_overflows_asks_for_one_rescan(tmp_path: Path) -> None:
+    facts: list[Fact] = []
+    folder_watcher = FolderWatcher([WatchSpec(tmp_path, True)], facts.append)
+    folder_watcher.start()
+    try:
+        for _ in range(5):
+            logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; events lost")
+    finally:
+        folder_watcher.stop()
+    assert facts.count(Rescan(str(tmp_path))) == 1

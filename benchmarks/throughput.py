@@ -1,0 +1,106 @@
+"""Throughput: a backlog of small images through `watchd sync`, beside two yardsticks.
+
+- the ceiling: `benchmarks.raw_upload`, a bare httpx loop at the same concurrency (4
+  threads, one shared client), which only reads and posts;
+- the floor: the plain `for f in ...; do curl ...; done` loop of `benchmarks.shell`.
+
+Every contender is a child process timed from spawn to exit (interpreter start-up
+included, for watchd and the raw loop alike) over the same files and the same emulator,
+reset before each turn; the turn order rotates between repeats. A run only counts if the
+emulator received every image and every sidecar was written.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.children import ChildRun, run_child, watchd_argv
+from benchmarks.fixtures import (
+    CONCURRENCY,
+    count_sidecars,
+    fresh_dir,
+    new_emulator,
+    remove_sidecars,
+    secret_env,
+    write_config,
+    write_images,
+)
+from benchmarks.harness import BenchmarkError, Scenario, Size, Target, ratio, say
+from benchmarks.shell import LOOP_SCRIPT, skip_reason
+from watchd.emulator import Emulator
+
+TIMEOUT = 900.0
+
+Contender = Callable[[Emulator, Path, Path], ChildRun]
+
+
+def run(size: Size, workdir: Path) -> Scenario:
+    scenario = Scenario("throughput")
+    folder = workdir / "backlog"
+    write_images(folder, size.backlog)
+    contenders: list[tuple[str, Contender, bool]] = [("watchd", _watchd, True), ("raw", _raw, False)]
+    skip = skip_reason("curl")
+    if skip:
+        scenario.skipped.append(f"curl loop: {skip}")
+    else:
+        contenders.append(("script", _script, True))
+    runs: defaultdict[str, list[float | None]] = defaultdict(list)
+    with new_emulator() as emulator:
+        for repeat in range(size.throughput_repeats):
+            rates: dict[str, float] = {}
+            shift = repeat % len(contenders)
+            for name, contender, writes_sidecars in contenders[shift:] + contenders[:shift]:
+                say(f"throughput: {name}, repeat {repeat + 1}/{size.throughput_repeats}")
+                remove_sidecars(folder)
+                emulator.reset()
+                child = contender(emulator, folder, fresh_dir(workdir / f"run{repeat}" / name))
+                uploads = len(emulator.uploads())
+                sidecars = count_sidecars(folder)
+                if uploads != size.backlog or (writes_sidecars and sidecars != size.backlog):
+                    raise BenchmarkError(
+                        f"{name}: {uploads} uploads and {sidecars} sidecars for {size.backlog} images"
+                    )
+                rates[name] = size.backlog / child.seconds
+                runs[f"{name}_cpu"].append(child.cpu_seconds * 1000 / size.backlog)
+                runs[f"{name}_switches"].append(child.context_switches / size.backlog)
+            for name, rate in rates.items():
+                runs[name].append(rate)
+            runs["vs_raw"].append(ratio(rates["watchd"], rates["raw"]))
+            runs["vs_script"].append(ratio(rates["watchd"], rates.get("script")))
+    scenario.add("watchd_images_per_s", "watchd sync", "images/s", runs["watchd"])
+    scenario.add("raw_images_per_s", f"raw httpx, {CONCURRENCY} threads", "images/s", runs["raw"])
+    scenario.add("script_images_per_s", "curl loop", "images/s", runs["script"])
+    scenario.add("ratio_vs_raw", "watchd / raw httpx", "×", runs["vs_raw"], Target(">=", 0.9))
+    scenario.add("ratio_vs_script", "watchd / curl loop", "×", runs["vs_script"], Target(">=", 8))
+    scenario.add("watchd_cpu_ms_per_image", "watchd CPU per image", "ms", runs["watchd_cpu"])
+    scenario.add("raw_cpu_ms_per_image", "raw httpx CPU per image", "ms", runs["raw_cpu"])
+    scenario.add(
+        "watchd_switches_per_image", "watchd context switches per image", "", runs["watchd_switches"]
+    )
+    scenario.add("raw_switches_per_image", "raw httpx context switches per image", "", runs["raw_switches"])
+    scenario.notes.append(
+        f"backlog of {size.backlog} PNGs of ~16 KB, {size.throughput_repeats} repeats; "
+        "wall time from spawn to exit"
+    )
+    return scenario
+
+
+def _watchd(emulator: Emulator, folder: Path, base: Path) -> ChildRun:
+    config = write_config(base / "config.yaml", emulator, folder, base / "state")
+    return run_child(watchd_argv("sync", config), base / "sync.log", timeout=TIMEOUT)
+
+
+def _raw(emulator: Emulator, folder: Path, base: Path) -> ChildRun:
+    argv = [sys.executable, "-m", "benchmarks.raw_upload", emulator.imageban_url, str(folder)]
+    argv += ["--threads", str(CONCURRENCY)]
+    return run_child(argv, base / "raw.log", timeout=TIMEOUT, env=secret_env())
+
+
+def _script(emulator: Emulator, folder: Path, base: Path) -> ChildRun:
+    env = {**secret_env(), "IMAGEBAN_URL": emulator.imageban_url}
+    return run_child(
+        ["bash", "-c", LOOP_SCRIPT, "bench", str(folder)], base / "loop.log", timeout=TIMEOUT, env=env
+    )
