@@ -152,24 +152,29 @@ class BaiduBatcher:
         self._record(action, rows, results)
 
     def _record(self, action: str, rows: list[OutboxRow], results: list[ItemResult]) -> None:
-        done = 0
+        when = utc_now()
+        accepted = [
+            row
+            for row, result in zip(rows, results, strict=True)
+            if result.error is None or isinstance(result.error, AlreadyDoneError)
+        ]
+        if action == "push":  # sidecars first: a crash in between only resends the push
+            for row in accepted:
+                self._refresh_sidecar(row, when)
+        self.journal.outbox_sent(accepted, when)
+        self.outcomes["submitted" if action == "push" else "withdrawn"] += len(accepted)
         for row, result in zip(rows, results, strict=True):
             error = result.error
             if error is None or isinstance(error, AlreadyDoneError):
-                when = utc_now()
-                if action == "push":  # sidecar first: a crash in between only resends the push
-                    self._refresh_sidecar(row, when)
-                self.journal.outbox_sent(row, when)
-                self.outcomes["submitted" if action == "push" else "withdrawn"] += 1
-                done += 1
-            elif isinstance(error, PermanentFileError):
+                continue
+            if isinstance(error, PermanentFileError):
                 self.journal.outbox_failed(row, error.message)
                 self.outcomes["failed"] += 1
                 log.warning("Baidu %s of %s failed: %s", action, row.baidu_id, error.message)
             else:
                 retry_at = self.pipeline.retry_at(row.attempts + 1, error)
                 self.journal.outbox_retry([row.id], str(error), retry_at)
-        log.info("Baidu %s: %d of %d items accepted", action, done, len(rows))
+        log.info("Baidu %s: %d of %d items accepted", action, len(accepted), len(rows))
 
     def _refresh_sidecar(self, row: OutboxRow, pushed_at: str) -> None:
         """Add `baidu: {id, pushed_at}` to the sidecar of a freshly submitted file."""

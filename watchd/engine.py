@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 ROOT_CHECK_INTERVAL = 5.0
 JOURNAL_RETRY_SECONDS = 5.0
 STATUS_INTERVAL = 1.0
+TAKE_IN_CHUNK = 32
+PREFETCH = 2  # files dispatched per upload worker: one running, one waiting in the queue
 
 
 class Progress(Protocol):
@@ -66,6 +68,14 @@ class _Done:
 
     file_id: int
     outcome: str
+
+
+@dataclass(frozen=True)
+class _TakeIn:
+    """Files a reconciliation found, taken in a chunk at a time so that workers' reports
+    (queued behind) are heard between chunks and the workers never run dry."""
+
+    paths: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,7 @@ class Engine:
         self.outcomes: Counter[str] = Counter()
         self.left_queued = 0
         self.last_error = ""
-        self._facts: queue.SimpleQueue[Fact | _Done | _Control] = queue.SimpleQueue()
+        self._facts: queue.SimpleQueue[Fact | _Done | _TakeIn | _Control] = queue.SimpleQueue()
         self._work: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._in_flight: set[int] = set()
         self._dispatched_at: dict[int, float] = {}
@@ -368,7 +378,7 @@ class Engine:
         if self.watcher is not None:
             deadlines += [self._next_root_check, self._next_rescan]
         due = self.journal.next_due_time()
-        if due is not None and len(self._in_flight) < self.settings.concurrency:
+        if due is not None and len(self._in_flight) < self.settings.concurrency * PREFETCH:
             deadlines.append(due)
         if self.journal.missing(older_than=now):
             deadlines.append(now + self.grace)
@@ -377,7 +387,7 @@ class Engine:
         interval = self.notifier.watchdog_interval()
         return max(0.005, min([30.0, (interval or 30.0), *(d - now for d in deadlines)]))
 
-    def _handle(self, fact: Fact | _Done | _Control) -> None:
+    def _handle(self, fact: Fact | _Done | _TakeIn | _Control) -> None:
         match fact:
             case Finished(path) | Changed(path) | Gone(path) if os.path.basename(path) == RULE_FILE_NAME:
                 for again in self.pipeline.rule_file_changed(path):
@@ -400,6 +410,10 @@ class Engine:
                     self._gone(self.journal.under(path))
             case Rescan(path):
                 self._rescan(path)
+            case _TakeIn(paths):
+                for file_path in paths:
+                    self._intake(file_path, settled=False)
+                self._dispatch(self.clock())
             case _Done(file_id, outcome):
                 self._finished(file_id, outcome)
             case _Control("stop"):
@@ -546,15 +560,14 @@ class Engine:
         log.info("reconciled %s: %d new or changed files", root, len(found))
         if self.progress is not None:
             self.progress.found(len(found))
-        for n, file_path in enumerate(found):
-            self._intake(file_path, settled=False)
-            if n % 64 == 0:
-                self._dispatch(self.clock())
+        for start in range(0, len(found), TAKE_IN_CHUNK):
+            self._facts.put(_TakeIn(tuple(found[start : start + TAKE_IN_CHUNK])))
 
     # -- workers -----------------------------------------------------------------------
 
     def _dispatch(self, now: float) -> None:
-        free = self.settings.concurrency - len(self._in_flight)
+        """Hand due files to the workers, keeping each one's next file queued behind it."""
+        free = self.settings.concurrency * PREFETCH - len(self._in_flight)
         if free <= 0 or self._stopping:
             return
         for row in self.journal.due_uploads(now, free, self._in_flight):
@@ -567,6 +580,9 @@ class Engine:
             file_id = self._work.get()
             if file_id is None:
                 return
+            if self._stopping:  # not started: it stays queued in the journal for the next run
+                self._facts.put(_Done(file_id, "skipped"))
+                continue
             try:
                 outcome = self.pipeline.process(file_id)
             except sqlite3.Error as exc:  # the journal is not writable: the loop backs off

@@ -585,15 +585,18 @@ class Journal:
                 [(SENDING, time.time(), i) for i in ids],
             )
 
-    def outbox_sent(self, row: OutboxRow, when: str) -> None:
-        """Baidu has the item (or, for a delete, no longer has it)."""
+    def outbox_sent(self, rows: Sequence[OutboxRow], when: str) -> None:
+        """Baidu has these items (or, for deletes, no longer has them): one transaction."""
+        now = time.time()
         with self._write() as db:
-            db.execute(
+            db.executemany(
                 "UPDATE outbox SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
-                (SENT, time.time(), row.id),
+                [(SENT, now, row.id) for row in rows],
             )
-            pushed_at = when if row.action == "push" else None
-            db.execute("UPDATE files SET pushed_at = ? WHERE id = ?", (pushed_at, row.file_id))
+            db.executemany(
+                "UPDATE files SET pushed_at = ? WHERE id = ?",
+                [(when if row.action == "push" else None, row.file_id) for row in rows],
+            )
 
     def outbox_retry(self, ids: Sequence[int], reason: str, at: float) -> None:
         with self._write() as db:

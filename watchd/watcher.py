@@ -37,6 +37,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyObserver
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 from watchdog.observers.polling import PollingObserver
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,13 @@ INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
     DirMovedEvent,
 ]
 OVERFLOW_RESCAN_INTERVAL = 30.0
+
+# watchdog holds the first half of every rename for `delay` seconds to pair it with the
+# second, and events behind it wait too; watchd renames a temp file over every sidecar it
+# writes, so the default 0.5 s would stall other files' events. Both halves of a rename
+# arrive together from the kernel, and a move split anyway is paired by the engine (same
+# size and content), so a short hold loses nothing.
+InotifyMoveEventGrouper.delay = 0.05
 
 
 @dataclass(frozen=True)
