@@ -47,7 +47,7 @@ def setup(tmp_path: Path, emulator: Emulator) -> tuple[Path, Path, Path]:
 
 
 def test_45_images_are_pushed_once_each_in_batches_of_20_20_5(
-    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, start_daemon: StartDaemon
+    setup: tuple[Path, Path, Path], emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     config, public, private = setup
     daemon = start_daemon(config)
@@ -75,7 +75,7 @@ def test_45_images_are_pushed_once_each_in_batches_of_20_20_5(
 
 
 def test_modify_rename_and_delete(
-    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, start_daemon: StartDaemon
+    setup: tuple[Path, Path, Path], emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     config, public, _private = setup
     daemon = start_daemon(config)
@@ -106,7 +106,7 @@ def test_modify_rename_and_delete(
 
 
 def test_deleting_12_withdraws_in_calls_of_10_and_2_also_while_stopped(
-    setup: tuple[Path, Path, Path], emulator: Emulator, tmp_path: Path, start_daemon: StartDaemon
+    setup: tuple[Path, Path, Path], emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     config, public, _private = setup
     files = [public / f"d{n}.png" for n in range(30)]

@@ -28,20 +28,28 @@ def test_the_guard_holds_only_bursts_over_both_caps(tmp_path: Path) -> None:
     assert (len(allowed), len(held)) == (40, 0)
 
 
-def test_a_mass_deletion_is_held_until_confirmed(tmp_path: Path, emulator: Emulator) -> None:
+def published_then_mostly_deleted(
+    tmp_path: Path, emulator: Emulator, total: int, deleted: int
+) -> tuple[Path, list[Path]]:
+    """A folder of `total` published images of which `deleted` vanish; returns (config, files)."""
     folder = tmp_path / "pics"
     folder.mkdir()
     config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
-    files = [folder / f"m{n:03d}.png" for n in range(100)]
+    files = [folder / f"m{n:03d}.png" for n in range(total)]
     for n, path in enumerate(files):
         path.write_bytes(png(n + 1, 2))
     assert run_cli("sync", "-c", str(config)).returncode == 0
-    for path in files[:60]:
+    for path in files[:deleted]:
         path.unlink()
     assert run_cli("sync", "-c", str(config)).returncode == 0
     assert not [c for c in emulator.baidu_calls() if c.endpoint == "delPic"]
     status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
-    assert status["queue"]["held_deletes"] == 60
+    assert status["queue"]["held_deletes"] == deleted
+    return config, files
+
+
+def test_a_mass_deletion_is_held_until_confirmed(tmp_path: Path, emulator: Emulator) -> None:
+    config, files = published_then_mostly_deleted(tmp_path, emulator, 100, 60)
     human = run_cli("status", "-c", str(config)).stdout
     assert "confirm-deletes" in human
 
@@ -55,17 +63,7 @@ def test_a_mass_deletion_is_held_until_confirmed(tmp_path: Path, emulator: Emula
 
 
 def test_raising_the_cap_releases_held_deletions(tmp_path: Path, emulator: Emulator) -> None:
-    folder = tmp_path / "pics"
-    folder.mkdir()
-    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
-    files = [folder / f"r{n:02d}.png" for n in range(80)]
-    for n, path in enumerate(files):
-        path.write_bytes(png(n + 1, 2))
-    assert run_cli("sync", "-c", str(config)).returncode == 0
-    for path in files[:55]:
-        path.unlink()
-    assert run_cli("sync", "-c", str(config)).returncode == 0
-    assert json.loads(run_cli("status", "-c", str(config), "--json").stdout)["queue"]["held_deletes"] == 55
+    config, _files = published_then_mostly_deleted(tmp_path, emulator, 80, 55)
     config.write_text(config.read_text() + "delete_guard:\n  max_files: 100\n")
     assert run_cli("sync", "-c", str(config)).returncode == 0
     deletes = [c for c in emulator.baidu_calls() if c.endpoint == "delPic"]

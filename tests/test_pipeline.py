@@ -77,7 +77,6 @@ def two_folders(tmp_path: Path, emulator: Emulator) -> tuple[Path, Path, Path]:
 def test_thirty_images_each_uploaded_once_with_the_folders_auth_and_album(
     two_folders: tuple[Path, Path, Path],
     emulator: Emulator,
-    tmp_path: Path,
     start_daemon: StartDaemon,
 ) -> None:
     config, public, guest = two_folders
@@ -111,7 +110,6 @@ def test_thirty_images_each_uploaded_once_with_the_folders_auth_and_album(
 def test_restart_uploads_nothing_again_and_picks_up_files_added_while_stopped(
     two_folders: tuple[Path, Path, Path],
     emulator: Emulator,
-    tmp_path: Path,
     start_daemon: StartDaemon,
 ) -> None:
     config, public, _guest = two_folders
@@ -137,7 +135,6 @@ def test_restart_uploads_nothing_again_and_picks_up_files_added_while_stopped(
 def test_bad_inputs_are_recorded_with_reasons_and_do_not_stop_good_images(
     two_folders: tuple[Path, Path, Path],
     emulator: Emulator,
-    tmp_path: Path,
     start_daemon: StartDaemon,
 ) -> None:
     config, public, _guest = two_folders
@@ -179,7 +176,6 @@ def test_bad_inputs_are_recorded_with_reasons_and_do_not_stop_good_images(
 def test_a_file_written_slowly_in_chunks_is_uploaded_once_with_its_final_bytes(
     two_folders: tuple[Path, Path, Path],
     emulator: Emulator,
-    tmp_path: Path,
     start_daemon: StartDaemon,
 ) -> None:
     config, public, _guest = two_folders
