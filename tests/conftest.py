@@ -150,6 +150,28 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
             daemon.stop(signal.SIGKILL)
 
 
+@pytest.fixture
+def read_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every read from a file opened with `Path.open` during the test."""
+    sizes: list[int] = []
+    real_open = Path.open
+
+    def spying_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(self, *args, **kwargs)
+        real_read = handle.read
+
+        def read(n: int = -1) -> bytes:
+            data = real_read(n)
+            sizes.append(len(data))
+            return data
+
+        handle.read = read
+        return handle
+
+    monkeypatch.setattr(Path, "open", spying_open)
+    return sizes
+
+
 def sidecar_of(path: Path) -> Path:
     """The default sidecar of an image."""
     return path.with_name(path.name + ".link.json")
