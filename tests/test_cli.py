@@ -107,7 +107,13 @@ def test_status_json_has_a_stable_schema(tmp_path: Path, emulator: Emulator) -> 
     folder = tmp_path / "pics"
     folder.mkdir()
     config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    result = run_cli("status", "-c", str(config), "--json")
+    assert result.returncode == 1 and "has not run" in result.stderr
+    assert not (tmp_path / "s").exists(), "status creates nothing"
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    before = sorted(p.name for p in (tmp_path / "s").iterdir())
     status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == before == ["journal.sqlite3"]
     assert status["schema"] == 1
     assert set(status) == {
         "schema",

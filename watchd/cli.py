@@ -145,7 +145,11 @@ def _status(args: argparse.Namespace) -> int:
     from watchd.report import build_status, render_status
 
     settings = _settings(args)
-    journal = Journal.open(settings.state_dir)
+    try:
+        journal = Journal.open_read_only(settings.state_dir)
+    except FileNotFoundError:
+        print(f"no journal in {settings.state_dir} yet: watchd has not run with this config", file=sys.stderr)
+        return 1
     try:
         status = build_status(settings, journal)
     finally:

@@ -24,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -199,11 +200,12 @@ class Journal:
     call the change announces as soon as the method is back.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, db: sqlite3.Connection | None = None) -> None:
         self.path = path
         self._lock = threading.RLock()
-        self._db = _connect(path)
-        self._migrate()
+        self._db = db or _connect(path)
+        if db is None:
+            self._migrate()
 
     @classmethod
     def open(cls, state_dir: Path) -> Journal:
@@ -214,6 +216,31 @@ class Journal:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         os.chmod(path, 0o600)
         return cls(path)
+
+    @classmethod
+    def open_read_only(cls, state_dir: Path) -> Journal:
+        """Open an existing journal without writing anything, for `watchd status`.
+
+        Nothing is created, so running `status` as another user (root, say) next to a
+        sandboxed service leaves no files the service could not open. With no write-ahead
+        log present (the daemon is stopped and shut down cleanly) the file is read as
+        immutable; otherwise SQLite reads it together with its log. Raise
+        `FileNotFoundError` when there is no journal yet.
+        """
+        path = state_dir / JOURNAL_NAME
+        if not path.exists():
+            raise FileNotFoundError(path)
+        wal_present = path.with_name(path.name + "-wal").exists()
+        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro" + ("" if wal_present else "&immutable=1")
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+        journal = cls(path, db)
+        if journal.schema_version != len(MIGRATIONS):
+            db.close()
+            raise RuntimeError(
+                f"journal {path} has schema version {journal.schema_version}, this watchd expects "
+                f"{len(MIGRATIONS)}: let the daemon (of this version) open it first"
+            )
+        return journal
 
     def close(self) -> None:
         with self._lock:
