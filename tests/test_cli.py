@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import run_cli, write_config
+from tests.conftest import StartDaemon, run_cli, write_config
 from tests.imagegen import png
 from watchd.emulator import Emulator
 
@@ -113,7 +113,7 @@ def test_status_json_has_a_stable_schema(tmp_path: Path, emulator: Emulator) -> 
     assert run_cli("sync", "-c", str(config)).returncode == 0
     before = sorted(p.name for p in (tmp_path / "s").iterdir())
     status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == before == ["journal.sqlite3"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == before == ["journal.sqlite3", "watchd.lock"]
     assert status["schema"] == 1
     assert set(status) == {
         "schema",
@@ -139,3 +139,28 @@ def test_status_json_has_a_stable_schema(tmp_path: Path, emulator: Emulator) -> 
         "queue_delete",
         "paused",
     }
+
+
+def test_a_second_watchd_on_the_same_state_refuses_to_start(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    daemon = start_daemon(config)
+    result = run_cli("sync", "-c", str(config))
+    assert result.returncode == 2
+    assert f"pid {daemon.process.pid}" in result.stderr and "already working" in result.stderr
+    assert daemon.stop() == 0
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+
+
+def test_an_unusable_state_dir_gets_a_clear_message(tmp_path: Path, emulator: Emulator) -> None:
+    (tmp_path / "not-a-dir").write_text("a file where the state directory should be")
+    config = write_config(
+        tmp_path / "c.yaml", emulator, [{"path": tmp_path}], state_dir=tmp_path / "not-a-dir" / "state"
+    )
+    result = run_cli("sync", "-c", str(config))
+    assert result.returncode == 2
+    assert "cannot open the journal in" in result.stderr and "state_dir" in result.stderr
+    assert "Traceback" not in result.stderr

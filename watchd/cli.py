@@ -6,17 +6,22 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from watchd import __version__
 from watchd.config import Settings, default_config_path, load_settings
-from watchd.errors import ConfigError
+from watchd.errors import ConfigError, WatchdError
 from watchd.journal import Journal
 from watchd.logs import setup_logging
+
+if TYPE_CHECKING:
+    from watchd.engine import Engine, Progress
 
 log = logging.getLogger("watchd")
 
@@ -36,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("watchd: the configuration has problems:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except WatchdError as exc:  # already running, state directory unusable
+        print(f"watchd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
@@ -101,19 +109,29 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _run(args: argparse.Namespace) -> int:
+def _engine(settings: Settings, progress: Progress | None = None) -> Engine:
+    """The engine for `run` and `sync`, with a clear message when its state cannot be opened."""
     from watchd.engine import Engine
 
-    return Engine(_settings(args)).run()
+    try:
+        return Engine(settings, progress=progress)
+    except (OSError, sqlite3.Error) as exc:
+        raise WatchdError(
+            f"cannot open the journal in {settings.state_dir}: {exc}; "
+            "check state_dir in the config and that this user may write there"
+        ) from exc
+
+
+def _run(args: argparse.Namespace) -> int:
+    return _engine(_settings(args)).run()
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from watchd.engine import Engine
     from watchd.progress import SyncProgress
 
     settings = _settings(args)
     with SyncProgress(sys.stderr) as progress:
-        engine = Engine(settings, progress=progress)
+        engine = _engine(settings, progress)
         code = engine.sync()
     outcomes = engine.outcomes
     summary = (

@@ -35,6 +35,7 @@ from watchd.guard import DeleteGuard
 from watchd.hosts.base import Host
 from watchd.hosts.imageban import ImageBanHost
 from watchd.indexers.baidu import BaiduIndexer
+from watchd.instance import InstanceLock
 from watchd.journal import Journal
 from watchd.logs import add_secrets
 from watchd.metrics import Metrics, MetricsServer
@@ -108,6 +109,7 @@ class Engine:
         self.stop_timeout = stop_timeout
         self.notifier = notifier or Notifier()
         self.progress = progress
+        self.instance = InstanceLock(settings.state_dir)
         self.journal = Journal.open(settings.state_dir)
         self.http = httpx.Client(
             limits=httpx.Limits(
@@ -691,6 +693,7 @@ class Engine:
             self._metrics_server.stop()
         self.http.close()
         self.journal.close()
+        self.instance.release()
         return 0
 
     def _status_line(self) -> str:
