@@ -123,10 +123,7 @@ class Engine:
         self._facts: queue.SimpleQueue[Fact | _Done | _TakeIn | _Control] = queue.SimpleQueue()
         self._work: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._in_flight: set[int] = set()
-        self._dispatched: dict[int, tuple[float, str]] = {}
-        # Whether the journal may hold vanished files waiting to be retired: saves the loop
-        # a query per turn while nothing has vanished.
-        self._vanished = True
+        self._dispatched_at: dict[int, float] = {}
         self._status_dirty = False
         self._status_sent = 0.0
         self.metrics: Metrics | None = None
@@ -369,7 +366,6 @@ class Engine:
             JOURNAL_RETRY_SECONDS,
         )
         self.notifier.status(f"journal not writable: {exc}")
-        self._vanished = True
         time.sleep(JOURNAL_RETRY_SECONDS)
         try:
             self.journal.recover(exclude=self._in_flight, outbox=False)
@@ -383,11 +379,10 @@ class Engine:
         deadlines = [deadline for _s, _m, deadline in self._settling.values()]
         if self.watcher is not None:
             deadlines += [self._next_root_check, self._next_rescan]
-        if len(self._in_flight) < self.settings.concurrency * PREFETCH:
-            due = self.journal.next_due_time()
-            if due is not None:
-                deadlines.append(due)
-        if self._vanished:
+        due = self.journal.next_due_time()
+        if due is not None and len(self._in_flight) < self.settings.concurrency * PREFETCH:
+            deadlines.append(due)
+        if self.journal.missing(older_than=now):
             deadlines.append(now + self.grace)
         if self._status_dirty and self.notifier.enabled:
             deadlines.append(now + max(0.0, self._status_sent + STATUS_INTERVAL - time.monotonic()))
@@ -481,13 +476,10 @@ class Engine:
         for row in rows:
             if row is not None and row.path is not None and row.missing_since is None:
                 self.journal.mark_missing(row.id, now)
-                self._vanished = True
 
     def _check_missing(self, now: float, *, force: bool) -> None:
         """Retire vanished files whose grace is over, unless their folder is unavailable or
         the mass-delete guard holds them."""
-        if not (self._vanished or force):
-            return
         fresh: list[j.FileRow] = []
         confirmed: list[j.FileRow] = []
         for row in self.journal.missing(older_than=now if force else now - self.grace):
@@ -507,7 +499,6 @@ class Engine:
         for row in confirmed + allowed:
             if self.pipeline.retire(row) and self.batcher is not None:
                 self.batcher.wake()
-        self._vanished = bool(self.journal.missing(older_than=float("inf")))
 
     def _root_available(self, root: str) -> bool:
         """A watched folder that is missing or unreadable is unavailable, never deleted."""
@@ -558,9 +549,12 @@ class Engine:
         if not self._root_available(str(folder.path)):
             return
         found: list[str] = []
+        now = self.clock()
         for difference in reconcile(self.journal, root, folder.recursive, candidate_name):
             if difference.kind == "missing":
-                self._gone([self.journal.get(difference.path)])
+                row = self.journal.get(difference.path)
+                if row is not None and row.missing_since is None:
+                    self.journal.mark_missing(row.id, now)
             elif difference.kind == "sidecar":
                 self.pipeline.restore_sidecar(difference.path)
             else:
@@ -580,7 +574,7 @@ class Engine:
             return
         for row in self.journal.due_uploads(now, free, self._in_flight):
             self._in_flight.add(row.id)
-            self._dispatched[row.id] = (time.monotonic(), row.path or row.last_path)
+            self._dispatched_at[row.id] = time.monotonic()
             self._work.put(row.id)
 
     def _worker(self) -> None:
@@ -605,17 +599,17 @@ class Engine:
 
     def _finished(self, file_id: int, outcome: str) -> None:
         self._in_flight.discard(file_id)
-        started, path = self._dispatched.pop(file_id, (None, f"#{file_id}"))
+        started = self._dispatched_at.pop(file_id, None)
         if self.metrics is not None:
             self.metrics.observe(outcome, None if started is None else time.monotonic() - started)
         if outcome == "journal":
             raise sqlite3.OperationalError("a worker could not write the journal")
-        self._count(outcome, path)
+        row = self.journal.get_by_id(file_id)
+        self._count(outcome, row.path if row and row.path else f"#{file_id}")
         if outcome == "done" and self.batcher is not None:
             self.batcher.wake()
         if file_id in self._dirty:
             self._dirty.discard(file_id)
-            row = self.journal.get_by_id(file_id)
             if row is not None and row.path is not None:
                 self._intake(row.path, settled=False)
 
