@@ -1,0 +1,169 @@
+"""The journal's schema and the rows it hands out: tables, migrations, states.
+
+Kept apart from `watchd.journal` (the operations) so that the shape of the data can be
+read in one place. The state machine itself is drawn in `watchd.journal`'s docstring.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from watchd.hosts.base import Uploaded
+
+# Each entry migrates the schema from version i to i + 1; append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE files (
+        id INTEGER PRIMARY KEY,
+        path TEXT UNIQUE,
+        last_path TEXT NOT NULL,
+        root TEXT NOT NULL,
+        state TEXT NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0,
+        mtime_ns INTEGER NOT NULL DEFAULT 0,
+        sha256 TEXT,
+        baidu_id TEXT NOT NULL UNIQUE,
+        host TEXT,
+        remote_id TEXT,
+        link TEXT,
+        short_link TEXT,
+        resolution TEXT,
+        uploaded_size INTEGER,
+        uploaded_at TEXT,
+        uploaded_sha256 TEXT,
+        upload_count INTEGER NOT NULL DEFAULT 0,
+        sidecar_path TEXT,
+        pushed_at TEXT,
+        missing_since REAL,
+        delete_held INTEGER NOT NULL DEFAULT 0,
+        error_kind TEXT,
+        reason TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX files_due ON files (state, next_attempt_at);
+    CREATE INDEX files_sha ON files (sha256);
+    CREATE INDEX files_missing ON files (missing_since) WHERE missing_since IS NOT NULL;
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        file_id INTEGER NOT NULL REFERENCES files (id),
+        action TEXT NOT NULL CHECK (action IN ('push', 'delete')),
+        baidu_id TEXT NOT NULL,
+        payload TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX outbox_due ON outbox (state, action, next_attempt_at);
+    CREATE TABLE services (
+        name TEXT PRIMARY KEY,
+        paused_until REAL,
+        pause_kind TEXT,
+        reason TEXT,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE quota (
+        service TEXT NOT NULL,
+        day TEXT NOT NULL,
+        used INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (service, day)
+    );
+    """,
+)
+
+# File states.
+PENDING = "pending"
+UPLOADING = "uploading"
+UPLOADED = "uploaded"
+DONE = "done"
+FAILED = "failed"
+DELETED = "deleted"
+STATES = (PENDING, UPLOADING, UPLOADED, DONE, FAILED, DELETED)
+
+# Outbox states.
+QUEUED = "queued"
+SENDING = "sending"
+SENT = "sent"
+HELD = "held"
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """One file as the journal knows it."""
+
+    id: int
+    path: str | None
+    last_path: str
+    root: str
+    state: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    baidu_id: str
+    host: str | None
+    remote_id: str | None
+    link: str | None
+    short_link: str | None
+    resolution: str | None
+    uploaded_size: int | None
+    uploaded_at: str | None
+    uploaded_sha256: str | None
+    upload_count: int
+    sidecar_path: str | None
+    pushed_at: str | None
+    missing_since: float | None
+    delete_held: int
+    error_kind: str | None
+    reason: str | None
+    attempts: int
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+
+    def uploaded(self) -> Uploaded | None:
+        """The upload this row records, or None when the file was never uploaded."""
+        if self.link is None or self.short_link is None:
+            return None
+        return Uploaded(
+            remote_id=self.remote_id or "",
+            link=self.link,
+            short_link=self.short_link,
+            size=self.uploaded_size or 0,
+            resolution=self.resolution or "",
+        )
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One Baidu intent: push (with its JSON payload) or delete of `baidu_id`."""
+
+    id: int
+    file_id: int
+    action: str
+    baidu_id: str
+    payload: dict[str, object] | None
+    state: str
+    attempts: int
+    next_attempt_at: float
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class ServicePause:
+    """A paused service: `kind` is "quota" (until `until`) or "configuration" (until reload)."""
+
+    name: str
+    kind: str
+    until: float | None
+    reason: str
+
+
+def new_baidu_id() -> str:
+    """A fresh stable identity for a local file: 32 lowercase hex digits (letters and digits only)."""
+    return uuid.uuid4().hex
