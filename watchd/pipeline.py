@@ -15,7 +15,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -386,23 +386,28 @@ class Pipeline:
     # -- moves and deletions -----------------------------------------------------------
 
     def move(self, row: FileRow, dest: str) -> None:
-        """The original moved inside the watched folders: no re-upload, the sidecar follows."""
+        """The original moved inside the watched folders: no re-upload, the sidecar follows.
+
+        The new sidecar is written before the journal records the move; a crash in between
+        leaves the old path vanished and the new one unknown, which reconciliation pairs
+        as the same move again.
+        """
         folder = self.folder_for(dest)
         assert folder is not None
-        old_sidecar = row.sidecar_path
-        self.journal.move(row.id, dest, str(folder.path), None)
-        moved = self.journal.get_by_id(row.id)
-        assert moved is not None
-        if moved.state == j.DONE:
+        root = str(folder.path)
+        sidecar: str | None = None
+        if row.state == j.DONE:
             try:
-                sidecar = self.write_sidecar(moved)
+                sidecar = str(self.write_sidecar(replace(row, path=dest, last_path=dest, root=root)))
             except (OSError, RuleFileError) as exc:
                 log.error("moved %s → %s but could not rewrite its sidecar: %s", row.last_path, dest, exc)
+                # The old sidecar stays recorded, so writing the new one later removes it.
+                self.journal.move(row.id, dest, root, row.sidecar_path)
                 self.journal.record_retry(row.id, j.UPLOADED, "disk", str(exc), self.clock() + 10)
                 return
-            self.journal.move(row.id, dest, str(folder.path), str(sidecar))
-        if old_sidecar and old_sidecar != moved.sidecar_path:
-            remove_sidecar(Path(old_sidecar))
+        self.journal.move(row.id, dest, root, sidecar)
+        if row.sidecar_path and row.sidecar_path != sidecar:
+            remove_sidecar(Path(row.sidecar_path))
         log.info("moved %s → %s (no re-upload)", row.last_path, dest)
 
     def retire(self, row: FileRow) -> bool:
