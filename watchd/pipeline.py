@@ -116,10 +116,10 @@ class Pipeline:
             return Intake.IGNORED
         root = str(folder.path)
         try:
-            self.resolver.rules_for(Path(path))
+            wanted = self.resolver.is_candidate(Path(path))
         except RuleFileError as exc:
             return self._reject(path, root, None, f"rule file problem: {exc}", kind="rules")
-        if not self.resolver.is_candidate(Path(path)):
+        if not wanted:
             return Intake.IGNORED
         try:
             info = os.stat(path)
