@@ -634,14 +634,11 @@ class Engine:
         if self._in_flight or self._settling or self.journal.missing(older_than=now):
             return False
         due = self.journal.next_due_time()
-        if due is not None and due <= now and not self._all_due_paused():
+        if due is not None and due <= now:
             return False
         if self.batcher is not None:
             self.batcher.drain()
         return True
-
-    def _all_due_paused(self) -> bool:
-        return bool(self.journal.pauses()) and not self.journal.due_uploads(self.clock(), 1, self._in_flight)
 
     # -- reload and shutdown -----------------------------------------------------------
 
