@@ -20,6 +20,7 @@ from watchd.errors import (
     ServiceError,
     TransientError,
 )
+from watchd.http import HttpClient, HttpPoster
 from watchd.indexers.baidu import BaiduIndexer, encode_url, make_title, validate_push_item
 from watchd.indexers.base import PushItem
 
@@ -256,17 +257,19 @@ def test_malformed_answer_is_transient(content: bytes) -> None:
         indexer(FakeBaidu(lambda *_: httpx.Response(200, content=content))).push([item(1)])
 
 
-def test_connection_refused_and_timeout_are_transient() -> None:
+@pytest.mark.parametrize("make_client", [httpx.Client, HttpClient], ids=["httpx.Client", "HttpClient"])
+def test_connection_refused_and_timeout_are_transient(make_client: Callable[..., HttpPoster]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         refused = f"http://proxyuser:proxypass@127.0.0.1:{s.getsockname()[1]}"
-    with httpx.Client() as client:
-        with pytest.raises(TransientError, match="cannot reach") as caught:
-            BaiduIndexer(app_id="a", app_token=TOKEN, api_base=refused, client=client).push([item(1)])
-        assert isinstance(caught.value.__cause__, httpx.ConnectError)
-        assert "proxypass" not in str(caught.value)
-        assert "127.0.0.1" in str(caught.value)
-    with socket.socket() as silent, httpx.Client(timeout=0.3) as client:
+    client = make_client()
+    with pytest.raises(TransientError, match="cannot reach") as caught:
+        BaiduIndexer(app_id="a", app_token=TOKEN, api_base=refused, client=client).push([item(1)])
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+    assert "proxypass" not in str(caught.value)
+    assert "127.0.0.1" in str(caught.value)
+    client = make_client(timeout=0.3)
+    with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         base = f"http://127.0.0.1:{silent.getsockname()[1]}"
@@ -418,12 +421,12 @@ def test_encode_url(url: str, encoded: str) -> None:
 # -- against the emulator, over loopback -------------------------------------------------------
 
 
-@pytest.fixture
-def emulated(emulator: Emulator) -> Iterator[BaiduIndexer]:
-    with httpx.Client(timeout=10) as client:
-        yield BaiduIndexer(
-            app_id="demo-app", app_token="demo-token", api_base=emulator.baidu_url, client=client
-        )
+@pytest.fixture(params=["httpx.Client", "HttpClient"])
+def emulated(emulator: Emulator, request: pytest.FixtureRequest) -> Iterator[BaiduIndexer]:
+    """The indexer over both clients it is given: httpx's, and the daemon's lean one."""
+    client = httpx.Client(timeout=10) if request.param == "httpx.Client" else HttpClient(timeout=10)
+    yield BaiduIndexer(app_id="demo-app", app_token="demo-token", api_base=emulator.baidu_url, client=client)
+    client.close()
 
 
 def test_emulator_stores_exactly_what_was_sent(emulator: Emulator, emulated: BaiduIndexer) -> None:

@@ -24,6 +24,7 @@ from watchd.errors import (
 )
 from watchd.hosts.base import Uploaded, UploadRequest
 from watchd.hosts.imageban import ImageBanHost
+from watchd.http import HttpClient, HttpPoster
 from watchd.retry import call_with_retry
 
 API = "https://api.example/v1"
@@ -328,40 +329,41 @@ def silent_url() -> Iterator[str]:
         yield f"http://127.0.0.1:{s.getsockname()[1]}/v1"
 
 
-def test_connection_refused_is_transient(image: Path, refused_url: str) -> None:
-    with httpx.Client() as client:
-        host = ImageBanHost("me", api_url=refused_url, client=client, secret_key=SECRET)
-        with pytest.raises(TransientError, match="cannot reach") as caught:
-            host.upload(UploadRequest(image, "c"))
+def test_connection_refused_is_transient(image: Path, refused_url: str, http: HttpPoster) -> None:
+    host = ImageBanHost("me", api_url=refused_url, client=http, secret_key=SECRET)
+    with pytest.raises(TransientError, match="cannot reach") as caught:
+        host.upload(UploadRequest(image, "c"))
     assert isinstance(caught.value.__cause__, httpx.ConnectError)
     assert SECRET not in str(caught.value)
     assert "proxypass" not in str(caught.value)
     assert "http://127.0.0.1:" in str(caught.value)
 
 
-def test_timeout_is_transient(image: Path, silent_url: str) -> None:
-    with httpx.Client(timeout=0.3) as client:
-        host = ImageBanHost("me", api_url=silent_url, client=client, secret_key=SECRET)
-        with pytest.raises(TransientError, match="timed out") as caught:
-            host.upload(UploadRequest(image, "c"))
+@pytest.mark.parametrize("client", [httpx.Client(timeout=0.3), HttpClient(timeout=0.3)], ids=type)
+def test_timeout_is_transient(image: Path, silent_url: str, client: HttpPoster) -> None:
+    host = ImageBanHost("me", api_url=silent_url, client=client, secret_key=SECRET)
+    with pytest.raises(TransientError, match="timed out") as caught:
+        host.upload(UploadRequest(image, "c"))
     assert isinstance(caught.value.__cause__, httpx.TimeoutException)
 
 
 # -- against the emulator, over loopback -------------------------------------------------------
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as client:
-        yield client
+@pytest.fixture(params=["httpx.Client", "HttpClient"])
+def http(request: pytest.FixtureRequest) -> Iterator[HttpPoster]:
+    """Both clients the hosts are given: httpx's, and the daemon's lean one."""
+    client = httpx.Client(timeout=10) if request.param == "httpx.Client" else HttpClient(timeout=10)
+    yield client
+    client.close()
 
 
-def emulated(emulator: Emulator, http: httpx.Client, **auth: str) -> ImageBanHost:
+def emulated(emulator: Emulator, http: HttpPoster, **auth: str) -> ImageBanHost:
     return ImageBanHost("emu", api_url=emulator.imageban_url, client=http, **auth)
 
 
 def test_emulator_sees_real_name_ascii_filename_and_album(
-    emulator: Emulator, http: httpx.Client, tmp_path: Path
+    emulator: Emulator, http: HttpPoster, tmp_path: Path
 ) -> None:
     path = tmp_path / "котик.jpg"
     path.write_bytes(jpeg(12, 9))
@@ -379,10 +381,10 @@ def test_emulator_sees_real_name_ascii_filename_and_album(
         first.link,
         first.size,
     )
-    assert http.get(first.link).content == path.read_bytes()
+    assert httpx.get(first.link).content == path.read_bytes()
 
 
-def test_emulator_data_as_list(emulator: Emulator, http: httpx.Client, image: Path) -> None:
+def test_emulator_data_as_list(emulator: Emulator, http: HttpPoster, image: Path) -> None:
     emulator.set_faults(data_as_list=True)
     uploaded = emulated(emulator, http, secret_key="demo-secret").upload(UploadRequest(image, "cat.png"))
     assert (uploaded.resolution, uploaded.size) == ("20x10", image.stat().st_size)
@@ -392,7 +394,7 @@ def test_emulator_data_as_list(emulator: Emulator, http: httpx.Client, image: Pa
     ("auth", "code"), [({"secret_key": "demo-secret"}, "109"), ({"client_id": "demo-client"}, "108")]
 )
 def test_emulator_quota(
-    emulator: Emulator, http: httpx.Client, image: Path, auth: dict[str, str], code: str
+    emulator: Emulator, http: HttpPoster, image: Path, auth: dict[str, str], code: str
 ) -> None:
     emulator.set_faults(imageban_quota=0)
     with pytest.raises(QuotaError) as caught:
@@ -410,7 +412,7 @@ def test_emulator_quota(
 )
 def test_emulator_faults_are_transient(
     emulator: Emulator,
-    http: httpx.Client,
+    http: HttpPoster,
     image: Path,
     faults: dict[str, Any],
     code: str,
@@ -423,7 +425,7 @@ def test_emulator_faults_are_transient(
 
 
 def test_emulator_5xx_then_recovery_through_the_retry_wrapper(
-    emulator: Emulator, http: httpx.Client, image: Path
+    emulator: Emulator, http: HttpPoster, image: Path
 ) -> None:
     emulator.set_faults(http_error_rate=1.0)
     host = emulated(emulator, http, client_id="demo-client")

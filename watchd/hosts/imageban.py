@@ -23,6 +23,7 @@ from watchd.errors import (
     TransientError,
 )
 from watchd.hosts.base import Uploaded, UploadRequest
+from watchd.http import HttpPoster
 from watchd.imagefile import ImageInfo, inspect_image
 from watchd.retry import parse_retry_after
 
@@ -74,7 +75,7 @@ class ImageBanHost:
         name: str,
         *,
         api_url: str = DEFAULT_API_URL,
-        client: httpx.Client,
+        client: HttpPoster,
         client_id: str | None = None,
         secret_key: str | None = None,
     ) -> None:

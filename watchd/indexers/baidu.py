@@ -29,6 +29,7 @@ from watchd.errors import (
     ServiceError,
     TransientError,
 )
+from watchd.http import HttpPoster
 from watchd.indexers.base import ItemResult, PushItem
 from watchd.retry import parse_retry_after
 
@@ -190,7 +191,7 @@ class BaiduIndexer:
     max_push = 20
     max_withdraw = 10
 
-    def __init__(self, *, app_id: str, app_token: str, api_base: str, client: httpx.Client) -> None:
+    def __init__(self, *, app_id: str, app_token: str, api_base: str, client: HttpPoster) -> None:
         self._app_id = app_id
         self._app_token = app_token
         self._api_base = api_base.rstrip("/")

@@ -1,0 +1,175 @@
+"""`HttpClient` over `PooledTransport`: real loopback servers, real sockets."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.imagegen import png
+from watchd.emulator import DEMO_SECRET_KEY, Emulator
+from watchd.http import HttpClient
+from watchd.transport import JOIN_BODY_BELOW, PooledTransport
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Answers every POST with JSON describing what it received; keeps connections alive."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[dict[str, Any]]
+    gzip_answers = False
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        record = {
+            "target": self.path,
+            "port": self.client_address[1],
+            "length": len(body),
+            "headers": dict(self.headers),
+        }
+        self.seen.append(record)
+        answer = json.dumps(record).encode()
+        self.send_response(200)
+        if self.gzip_answers:
+            answer = gzip.compress(answer)
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve(handler: type[Recorder]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    seen: list[dict[str, Any]] = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("H", (handler,), {"seen": seen}))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    yield from serve(Recorder)
+
+
+@pytest.fixture
+def client() -> Iterator[HttpClient]:
+    http = HttpClient(timeout=5, environ_proxies={})
+    yield http
+    http.close()
+
+
+def test_uploads_to_the_emulator(client: HttpClient, tmp_path: Path) -> None:
+    image = tmp_path / "cat.png"
+    image.write_bytes(png(16, 16))
+    with Emulator() as emulator, image.open("rb") as body:
+        response = client.post(
+            emulator.imageban_url,
+            headers={"Authorization": f"Bearer {DEMO_SECRET_KEY}"},
+            data={"name": "cat.png"},
+            files={"image": ("cat.png", body, "image/png")},
+        )
+        assert response.status_code == 200
+        assert response.json()["data"]["link"].startswith("http")
+        assert [upload.name for upload in emulator.uploads()] == ["cat.png"]
+
+
+def test_keeps_the_connection_alive(client: HttpClient, recorder: tuple[str, list[dict[str, Any]]]) -> None:
+    url, seen = recorder
+    for n in range(3):
+        assert client.post(f"{url}/v1?n={n}", headers={}, content=b"x").json()["target"] == f"/v1?n={n}"
+    assert len({record["port"] for record in seen}) == 1
+    assert seen[0]["headers"]["User-Agent"].startswith("watchd/")
+
+
+class ClosesAfterEachAnswer(Recorder):
+    """Keeps nothing alive, yet does not say so (as servers timing out idle connections do)."""
+
+    def do_POST(self) -> None:
+        super().do_POST()
+        self.close_connection = True
+
+
+def test_a_connection_the_server_closed_is_not_reused(client: HttpClient) -> None:
+    for url, seen in serve(ClosesAfterEachAnswer):
+        for _ in range(3):
+            assert client.post(url, headers={}, content=b"x").status_code == 200
+        assert len({record["port"] for record in seen}) == 3
+
+
+def test_a_large_body_is_streamed_whole(
+    client: HttpClient, recorder: tuple[str, list[dict[str, Any]]]
+) -> None:
+    url, _seen = recorder
+    size = JOIN_BODY_BELOW + 12345
+    payload = b"\x89" * size
+    answer = client.post(url, headers={}, files={"image": ("big.png", payload, "image/png")}).json()
+    assert answer["length"] > size  # the multipart envelope around it
+
+
+def test_gzip_answers_are_decoded(client: HttpClient) -> None:
+    gzipped = type("Gzipped", (Recorder,), {"gzip_answers": True})
+    for url, _seen in serve(gzipped):
+        assert client.post(url, headers={}, content=b"{}").json()["length"] == 2
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_refused_is_a_connect_error(client: HttpClient) -> None:
+    with pytest.raises(httpx.ConnectError):
+        client.post(f"http://127.0.0.1:{unused_port()}/v1", headers={}, content=b"x")
+
+
+def test_a_silent_server_is_a_read_timeout() -> None:
+    client = HttpClient(timeout=0.3, environ_proxies={})
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(f"http://127.0.0.1:{silent.getsockname()[1]}/v1", headers={}, content=b"x")
+    client.close()
+
+
+def test_a_proxy_from_the_environment_is_used(recorder: tuple[str, list[dict[str, Any]]]) -> None:
+    proxy_url, seen = recorder  # the recorder plays the proxy: it sees absolute targets
+    client = HttpClient(timeout=5, environ_proxies={"http": proxy_url})
+    try:
+        client.post("http://imageban.invalid/v1", headers={}, content=b"x")
+    finally:
+        client.close()
+    assert [record["target"] for record in seen] == ["http://imageban.invalid/v1"]
+
+
+def test_no_proxy_hosts_go_direct(recorder: tuple[str, list[dict[str, Any]]]) -> None:
+    url, seen = recorder
+    client = HttpClient(timeout=5, environ_proxies={"http": "http://127.0.0.1:9", "no": "127.0.0.1"})
+    try:
+        client.post(f"{url}/v1", headers={}, content=b"x")
+    finally:
+        client.close()
+    assert [record["target"] for record in seen] == ["/v1"]
+
+
+def test_the_transport_refuses_other_schemes() -> None:
+    transport = PooledTransport()
+    with pytest.raises(httpx.UnsupportedProtocol):
+        transport.handle_request(httpx.Request("POST", "ftp://127.0.0.1/v1"))
