@@ -42,6 +42,21 @@ def call_with_retry(
     logged once at WARNING, a success after retries once at INFO. Raise the last
     `TransientError` when attempts are exhausted; any other exception passes through at once.
     """
+    try:  # the common case, a first success, without tenacity's bookkeeping (~40 µs a call)
+        return fn()
+    except TransientError as exc:
+        if attempts <= 1 or (exc.retry_after or 0.0) > maximum:
+            raise
+        first_failure: TransientError | None = exc
+
+    def again() -> T:
+        """`fn`, except that the first attempt is the failure that already happened."""
+        nonlocal first_failure
+        if first_failure is not None:
+            failure, first_failure = first_failure, None
+            raise failure
+        return fn()
+
     what = describe or getattr(fn, "__name__", "call")
     jitter = wait_random_exponential(multiplier=initial, max=maximum)
 
@@ -74,7 +89,7 @@ def call_with_retry(
         before_sleep=log_retry,
         reraise=True,
     )
-    result = retrying(fn)
+    result = retrying(again)
     tries = retrying.statistics.get("attempt_number", 1)
     if tries > 1:
         log.info("%s: succeeded on attempt %d/%d", what, tries, attempts)
