@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import html
+import itertools
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ TEMP_MARKER = ".watchd-tmp-"
 """Part of the name of every temp file `write_atomic` creates: the watcher ignores them."""
 
 SIDECAR_MODE = 0o644
+_temp_numbers = itertools.count()  # next() on it is atomic under the GIL
 
 
 @dataclass(frozen=True)
@@ -138,20 +139,25 @@ def render_sidecar(fmt: str, record: SidecarRecord) -> str:
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` (UTF-8, mode 0644) so readers never see a partial file.
 
-    The text goes to `.{name}.watchd-tmp-{pid}-{random}` in the same directory, is flushed
-    and fsynced, then renamed over `path`. The directory itself is not fsynced: if a power
-    cut loses the rename, reconciliation finds the sidecar missing and writes it again. On
-    any failure the temp file is removed and the error propagates, leaving an existing
-    sidecar untouched; a temp file left by a killed process is removed by
+    The text goes to `.{name}.watchd-tmp-{pid}-{n}` in the same directory (`n` counts this
+    process's writes, so concurrent writers never share a name), is written in one call
+    and fsynced, then renamed over `path`. The directory itself is not fsynced: if a
+    power cut loses the rename, reconciliation finds the sidecar missing and writes it
+    again. On any failure the temp file is removed and the error propagates, leaving an
+    existing sidecar untouched; a temp file left by a killed process is removed by
     `remove_stale_temp` during reconciliation.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}{os.getpid()}-", dir=path.parent)
+    tmp = path.parent / f".{path.name}{TEMP_MARKER}{os.getpid()}-{next(_temp_numbers)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, SIDECAR_MODE)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            os.fchmod(handle.fileno(), SIDECAR_MODE)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            os.fchmod(fd, SIDECAR_MODE)  # whatever the umask
+            data = text.encode("utf-8")
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
