@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from watchd.errors import AlreadyDoneError, ConfigurationError, PermanentFileError, QuotaError, ServiceError
 from watchd.indexers.base import Indexer, ItemResult, PushItem
-from watchd.journal import Journal, OutboxRow
+from watchd.journal import FileRow, Journal, OutboxRow
 from watchd.pipeline import Pipeline, utc_now
 from watchd.quota import QuotaGate
 
@@ -121,10 +121,11 @@ class BaiduBatcher:
 
     def _send(self, action: str, rows: list[OutboxRow]) -> None:
         ids = [row.id for row in rows]
-        if action == "push" and not self.quota.take(len(rows)):
+        quota = self.quota.reserve(len(rows)) if action == "push" else None
+        if action == "push" and quota is None:
             self._pause_for_quota(ids, f"daily Baidu quota of {self.quota.limit} images used up")
             return
-        self.journal.mark_sending(ids)
+        self.journal.mark_sending(ids, quota)
         call: Callable[[], list[ItemResult]]
         if action == "push":
             items = [_push_item(row) for row in rows]
@@ -159,8 +160,10 @@ class BaiduBatcher:
             if result.error is None or isinstance(result.error, AlreadyDoneError)
         ]
         if action == "push":  # sidecars first: a crash in between only resends the push
+            files = self.journal.get_by_ids([row.file_id for row in accepted])
             for row in accepted:
-                self._refresh_sidecar(row, when)
+                if row.file_id in files:
+                    self._refresh_sidecar(files[row.file_id], when)
         self.journal.outbox_sent(accepted, when)
         self.outcomes["submitted" if action == "push" else "withdrawn"] += len(accepted)
         for row, result in zip(rows, results, strict=True):
@@ -176,10 +179,9 @@ class BaiduBatcher:
                 self.journal.outbox_retry([row.id], str(error), retry_at)
         log.info("Baidu %s: %d of %d items accepted", action, len(accepted), len(rows))
 
-    def _refresh_sidecar(self, row: OutboxRow, pushed_at: str) -> None:
+    def _refresh_sidecar(self, file_row: FileRow, pushed_at: str) -> None:
         """Add `baidu: {id, pushed_at}` to the sidecar of a freshly submitted file."""
-        file_row = self.journal.get_by_id(row.file_id)
-        if file_row is None or file_row.path is None or file_row.link is None:
+        if file_row.path is None or file_row.link is None:
             return
         try:
             self.pipeline.write_sidecar(replace(file_row, pushed_at=pushed_at))

@@ -24,8 +24,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-import httpx
-
 from watchd import journal as j
 from watchd.batcher import SERVICE as BAIDU
 from watchd.batcher import BaiduBatcher
@@ -34,6 +32,7 @@ from watchd.errors import ConfigError
 from watchd.guard import DeleteGuard
 from watchd.hosts.base import Host
 from watchd.hosts.imageban import ImageBanHost
+from watchd.http import HttpClient
 from watchd.indexers.baidu import BaiduIndexer
 from watchd.instance import InstanceLock
 from watchd.journal import Journal
@@ -69,6 +68,7 @@ class _Done:
 
     file_id: int
     outcome: str
+    path: str | None = None  # where the file was when dispatched
 
 
 @dataclass(frozen=True)
@@ -111,17 +111,12 @@ class Engine:
         self.progress = progress
         self.instance = InstanceLock(settings.state_dir)
         self.journal = Journal.open(settings.state_dir)
-        self.http = httpx.Client(
-            limits=httpx.Limits(
-                max_connections=settings.concurrency + 4, max_keepalive_connections=settings.concurrency + 4
-            ),
-            timeout=httpx.Timeout(_longest_timeout(settings), connect=10.0),
-        )
+        self.http = HttpClient(timeout=_longest_timeout(settings), connect_timeout=10.0)
         self.outcomes: Counter[str] = Counter()
         self.left_queued = 0
         self.last_error = ""
         self._facts: queue.SimpleQueue[Fact | _Done | _TakeIn | _Control] = queue.SimpleQueue()
-        self._work: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[tuple[int, str | None] | None] = queue.SimpleQueue()
         self._in_flight: set[int] = set()
         self._dispatched_at: dict[int, float] = {}
         self._status_dirty = False
@@ -416,8 +411,8 @@ class Engine:
                 for file_path in paths:
                     self._intake(file_path, settled=False)
                 self._dispatch(self.clock())
-            case _Done(file_id, outcome):
-                self._finished(file_id, outcome)
+            case _Done(file_id, outcome, path):
+                self._finished(file_id, outcome, path)
             case _Control("stop"):
                 self._stopping = True
             case _Control("reload"):
@@ -575,15 +570,16 @@ class Engine:
         for row in self.journal.due_uploads(now, free, self._in_flight):
             self._in_flight.add(row.id)
             self._dispatched_at[row.id] = time.monotonic()
-            self._work.put(row.id)
+            self._work.put((row.id, row.path))
 
     def _worker(self) -> None:
         while True:
-            file_id = self._work.get()
-            if file_id is None:
+            work = self._work.get()
+            if work is None:
                 return
+            file_id, path = work
             if self._stopping:  # not started: it stays queued in the journal for the next run
-                self._facts.put(_Done(file_id, "skipped"))
+                self._facts.put(_Done(file_id, "skipped", path))
                 continue
             try:
                 outcome = self.pipeline.process(file_id)
@@ -595,23 +591,25 @@ class Engine:
                 outcome = "retry"
                 with contextlib.suppress(sqlite3.Error):
                     self.journal.record_retry(file_id, j.PENDING, "internal", repr(exc), self.clock() + 60)
-            self._facts.put(_Done(file_id, outcome))
+            self._facts.put(_Done(file_id, outcome, path))
 
-    def _finished(self, file_id: int, outcome: str) -> None:
+    def _finished(self, file_id: int, outcome: str, path: str | None) -> None:
         self._in_flight.discard(file_id)
         started = self._dispatched_at.pop(file_id, None)
         if self.metrics is not None:
             self.metrics.observe(outcome, None if started is None else time.monotonic() - started)
         if outcome == "journal":
             raise sqlite3.OperationalError("a worker could not write the journal")
-        row = self.journal.get_by_id(file_id)
-        self._count(outcome, row.path if row and row.path else f"#{file_id}")
+        if outcome != "done" or file_id in self._dirty:  # the path may have changed meanwhile
+            row = self.journal.get_by_id(file_id)
+            path = row.path if row is not None else None
+        self._count(outcome, path or f"#{file_id}")
         if outcome == "done" and self.batcher is not None:
             self.batcher.wake()
         if file_id in self._dirty:
             self._dirty.discard(file_id)
-            if row is not None and row.path is not None:
-                self._intake(row.path, settled=False)
+            if path is not None:
+                self._intake(path, settled=False)
 
     def _count(self, outcome: str, path: str) -> None:
         self.outcomes[outcome] += 1
@@ -678,7 +676,7 @@ class Engine:
                 continue
             if isinstance(fact, _Done):
                 with contextlib.suppress(sqlite3.Error):
-                    self._finished(fact.file_id, fact.outcome)
+                    self._finished(fact.file_id, fact.outcome, fact.path)
         if self._in_flight:
             log.warning(
                 "%d uploads still in flight at shutdown; they resume at the next start", len(self._in_flight)

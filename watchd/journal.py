@@ -30,7 +30,6 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from watchd.hosts.base import Uploaded
 from watchd.schema import (  # re-exported: callers use journal.PENDING, journal.FileRow, …
     DELETED,
     DONE,
@@ -47,6 +46,7 @@ from watchd.schema import (  # re-exported: callers use journal.PENDING, journal
     FileRow,
     OutboxRow,
     ServicePause,
+    UploadResult,
     new_baidu_id,
 )
 
@@ -68,6 +68,7 @@ __all__ = [
     "Journal",
     "OutboxRow",
     "ServicePause",
+    "UploadResult",
     "new_baidu_id",
 ]
 
@@ -85,6 +86,8 @@ class Journal:
         self.path = path
         self._lock = threading.RLock()
         self._db = db or _connect(path)
+        self._pauses: list[ServicePause] | None = None
+        self._any_missing: bool | None = None  # see _maybe_missing
         if db is None:
             self._migrate()
 
@@ -166,6 +169,13 @@ class Journal:
     def get_by_id(self, file_id: int) -> FileRow | None:
         return self._one("SELECT * FROM files WHERE id = ?", (file_id,))
 
+    def get_by_ids(self, file_ids: Collection[int]) -> dict[int, FileRow]:
+        """The rows of these files (those that still exist), by id: one query for a batch."""
+        marks = ", ".join("?" * len(file_ids))
+        return {
+            row.id: row for row in self._many(f"SELECT * FROM files WHERE id IN ({marks})", list(file_ids))
+        }
+
     def under(self, directory: str) -> list[FileRow]:
         """Live rows at or below `directory` (a directory path without trailing slash)."""
         prefix = directory.rstrip("/") + "/"
@@ -196,6 +206,8 @@ class Journal:
 
     def has_missing_of_size(self, size: int) -> bool:
         """Whether some vanished file of this size waits to be paired with a new one (a move)."""
+        if not self._maybe_missing():
+            return False
         with self._lock:
             return (
                 self._db.execute(
@@ -203,6 +215,18 @@ class Journal:
                 ).fetchone()
                 is not None
             )
+
+    def _maybe_missing(self) -> bool:
+        """Whether any file is marked vanished. Asked for every new file and every turn of the
+        engine's loop, so the answer "none" is remembered until `mark_missing` (the only
+        way a file becomes vanished) is called again."""
+        with self._lock:
+            if self._any_missing is None:
+                self._any_missing = (
+                    self._db.execute("SELECT 1 FROM files WHERE missing_since IS NOT NULL LIMIT 1").fetchone()
+                    is not None
+                )
+            return self._any_missing
 
     def find_moved_source(self, sha256: str, size: int) -> FileRow | None:
         """The vanished file that held exactly this content, if any: the new file is that one moved."""
@@ -215,10 +239,14 @@ class Journal:
     def mark_missing(self, file_id: int, since: float | None) -> None:
         """The original vanished (or, with None, came back); a vanished file becomes a tombstone
         unless it reappears elsewhere (a move)."""
-        self._set(file_id, missing_since=since, delete_held=0)
+        with self._lock:
+            self._any_missing = None if since is None else True
+            self._set(file_id, missing_since=since, delete_held=0)
 
     def missing(self, older_than: float) -> list[FileRow]:
         """Vanished files whose grace period is over and whose deletion is not held."""
+        if not self._maybe_missing():
+            return []
         return self._many(
             "SELECT * FROM files WHERE missing_since IS NOT NULL AND missing_since <= ? AND delete_held != 1 "
             "ORDER BY id",
@@ -306,36 +334,25 @@ class Journal:
         """Same content, new size/mtime stamp (e.g. `touch`): remember it, do nothing else."""
         self._set(file_id, size=size, mtime_ns=mtime_ns)
 
-    def claim_upload(self, file_id: int, sha256: str) -> None:
-        """Intent: this file's bytes (with `sha256`) are about to be sent."""
+    def claim_upload(self, file_id: int, sha256: str, quota: tuple[str, str] | None = None) -> None:
+        """Intent: this file's bytes (with `sha256`) are about to be sent.
+
+        `quota` (service, day) counts the send against that day's quota in the same
+        transaction (see `QuotaGate.reserve`).
+        """
         with self._write() as db:
             db.execute(
                 "UPDATE files SET state = ?, sha256 = ?, attempts = attempts + 1, updated_at = ? "
                 "WHERE id = ?",
                 (UPLOADING, sha256, time.time(), file_id),
             )
+            if quota is not None:
+                self._count_quota(db, *quota, 1)
 
-    def record_uploaded(self, file_id: int, host: str, uploaded: Uploaded, sha256: str, when: str) -> None:
+    def record_uploaded(self, file_id: int, upload: UploadResult) -> None:
+        """The upload succeeded; the sidecar is still to be written."""
         with self._write() as db:
-            db.execute(
-                "UPDATE files SET state = ?, host = ?, remote_id = ?, link = ?, short_link = ?, "
-                "resolution = ?, uploaded_size = ?, uploaded_at = ?, uploaded_sha256 = ?, "
-                "upload_count = upload_count + 1, error_kind = NULL, reason = NULL, attempts = 0, "
-                "next_attempt_at = 0, updated_at = ? WHERE id = ?",
-                (
-                    UPLOADED,
-                    host,
-                    uploaded.remote_id,
-                    uploaded.link,
-                    uploaded.short_link,
-                    uploaded.resolution,
-                    uploaded.size,
-                    when,
-                    sha256,
-                    time.time(),
-                    file_id,
-                ),
-            )
+            self._set_uploaded(db, file_id, upload)
 
     def record_done(
         self, file_id: int, sidecar_path: str, push: dict[str, object] | None, push_error: str | None = None
@@ -344,18 +361,67 @@ class Journal:
 
         `push_error` records a submission that failed local validation (never sent).
         """
-        now = time.time()
         with self._write() as db:
-            db.execute(
-                "UPDATE files SET state = ?, sidecar_path = ?, error_kind = NULL, reason = NULL, "
-                "attempts = 0, next_attempt_at = 0, updated_at = ? WHERE id = ?",
-                (DONE, sidecar_path, now, file_id),
-            )
-            baidu_id = db.execute("SELECT baidu_id FROM files WHERE id = ?", (file_id,)).fetchone()[0]
-            if push is not None:
-                self._queue_outbox(db, file_id, "push", baidu_id, push, now)
-            elif push_error is not None:
-                self._queue_outbox(db, file_id, "push", baidu_id, None, now, FAILED, push_error)
+            self._set_done(db, file_id, sidecar_path, push, push_error)
+
+    def record_published(
+        self,
+        file_id: int,
+        upload: UploadResult,
+        sidecar_path: str,
+        push: dict[str, object] | None,
+        push_error: str | None = None,
+    ) -> None:
+        """`record_uploaded` and `record_done` in one transaction, for a sidecar written
+        straight after its upload."""
+        with self._write() as db:
+            self._set_uploaded(db, file_id, upload)
+            self._set_done(db, file_id, sidecar_path, push, push_error)
+
+    @staticmethod
+    def _set_uploaded(db: sqlite3.Connection, file_id: int, upload: UploadResult) -> None:
+        uploaded = upload.uploaded
+        db.execute(
+            "UPDATE files SET state = ?, host = ?, remote_id = ?, link = ?, short_link = ?, "
+            "resolution = ?, uploaded_size = ?, uploaded_at = ?, uploaded_sha256 = ?, "
+            "upload_count = upload_count + 1, error_kind = NULL, reason = NULL, attempts = 0, "
+            "next_attempt_at = 0, updated_at = ? WHERE id = ?",
+            (
+                UPLOADED,
+                upload.host,
+                uploaded.remote_id,
+                uploaded.link,
+                uploaded.short_link,
+                uploaded.resolution,
+                uploaded.size,
+                upload.when,
+                upload.sha256,
+                time.time(),
+                file_id,
+            ),
+        )
+
+    def _set_done(
+        self,
+        db: sqlite3.Connection,
+        file_id: int,
+        sidecar_path: str,
+        push: dict[str, object] | None,
+        push_error: str | None,
+    ) -> None:
+        now = time.time()
+        db.execute(
+            "UPDATE files SET state = ?, sidecar_path = ?, error_kind = NULL, reason = NULL, "
+            "attempts = 0, next_attempt_at = 0, updated_at = ? WHERE id = ?",
+            (DONE, sidecar_path, now, file_id),
+        )
+        if push is None and push_error is None:
+            return
+        baidu_id = db.execute("SELECT baidu_id FROM files WHERE id = ?", (file_id,)).fetchone()[0]
+        if push is not None:
+            self._queue_outbox(db, file_id, "push", baidu_id, push, now)
+        else:
+            self._queue_outbox(db, file_id, "push", baidu_id, None, now, FAILED, push_error)
 
     def record_retry(self, file_id: int, state: str, kind: str, reason: str, at: float) -> None:
         """Put the file back to `state` (pending or uploaded) to be tried again at `at`."""
@@ -485,13 +551,16 @@ class Journal:
         """The earliest next-attempt time of queued Baidu items, None if none is queued."""
         return self._minimum("SELECT MIN(next_attempt_at) FROM outbox WHERE state = ?", (QUEUED,))
 
-    def mark_sending(self, ids: Sequence[int]) -> None:
-        """Intent: these outbox items are about to be sent."""
+    def mark_sending(self, ids: Sequence[int], quota: tuple[str, str] | None = None) -> None:
+        """Intent: these outbox items are about to be sent; `quota` (service, day) counts
+        them against that day's quota in the same transaction."""
         with self._write() as db:
             db.executemany(
                 "UPDATE outbox SET state = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?",
                 [(SENDING, time.time(), i) for i in ids],
             )
+            if quota is not None:
+                self._count_quota(db, *quota, len(ids))
 
     def outbox_sent(self, rows: Sequence[OutboxRow], when: str) -> None:
         """Baidu has these items (or, for deletes, no longer has them): one transaction."""
@@ -548,6 +617,7 @@ class Journal:
 
     def pause(self, name: str, kind: str, until: float | None, reason: str) -> None:
         with self._write() as db:
+            self._pauses = None
             db.execute(
                 "INSERT INTO services (name, paused_until, pause_kind, reason, updated_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
@@ -558,28 +628,27 @@ class Journal:
 
     def resume(self, name: str) -> None:
         with self._write() as db:
+            self._pauses = None
             db.execute("DELETE FROM services WHERE name = ?", (name,))
 
     def pauses(self) -> list[ServicePause]:
+        """The paused services. Asked before every send, so kept in memory between changes,
+        which only this process makes (one watchd per journal)."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT name, pause_kind, paused_until, reason FROM services ORDER BY name"
-            ).fetchall()
-        return [ServicePause(*row) for row in rows]
+            if self._pauses is None:
+                rows = self._db.execute(
+                    "SELECT name, pause_kind, paused_until, reason FROM services ORDER BY name"
+                ).fetchall()
+                self._pauses = [ServicePause(*row) for row in rows]
+            return list(self._pauses)
 
-    def count_quota(self, service: str, day: str, n: int = 1) -> int:
-        """Add `n` to today's use of `service`; returns the new total."""
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO quota (service, day, used) VALUES (?, ?, ?) "
-                "ON CONFLICT (service, day) DO UPDATE SET used = used + excluded.used",
-                (service, day, n),
-            )
-            return int(
-                db.execute("SELECT used FROM quota WHERE service = ? AND day = ?", (service, day)).fetchone()[
-                    0
-                ]
-            )
+    @staticmethod
+    def _count_quota(db: sqlite3.Connection, service: str, day: str, n: int) -> None:
+        db.execute(
+            "INSERT INTO quota (service, day, used) VALUES (?, ?, ?) "
+            "ON CONFLICT (service, day) DO UPDATE SET used = used + excluded.used",
+            (service, day, n),
+        )
 
     def quota_used(self, service: str, day: str) -> int:
         with self._lock:

@@ -33,7 +33,7 @@ from watchd.hosts.base import Host, UploadRequest
 from watchd.imagefile import inspect_image, sha256_file
 from watchd.indexers.baidu import encode_url, make_title, validate_push_item
 from watchd.indexers.base import PushItem
-from watchd.journal import FileRow, Journal
+from watchd.journal import FileRow, Journal, UploadResult
 from watchd.quota import QuotaGate
 from watchd.retry import backoff_delay, call_with_retry
 from watchd.rules import RULE_FILE_NAME, EffectiveRules, RuleFileError, RuleResolver
@@ -211,16 +211,16 @@ class Pipeline:
             self.journal.record_failed(row.id, "rules", f"rule file problem: {exc}")
             return "failed"
         if row.state == j.PENDING:
-            outcome = self._upload(row, rules)
-            if outcome != "uploaded":
-                return outcome
-            row = self.journal.get_by_id(file_id)
-            assert row is not None
+            upload = self._upload(row, rules)
+            if isinstance(upload, str):
+                return upload
+            return self._finish(row.with_upload(upload), rules, upload)
         if row.state != j.UPLOADED:
             return "gone"
         return self._finish(row, rules)
 
-    def _upload(self, row: FileRow, rules: EffectiveRules) -> str:
+    def _upload(self, row: FileRow, rules: EffectiveRules) -> UploadResult | str:
+        """Send the file; its result (not yet recorded), or the outcome when it was not sent."""
         assert row.path is not None
         path = Path(row.path)
         host = self.hosts[rules.host]
@@ -241,13 +241,14 @@ class Pipeline:
             log.warning("not uploaded: %s: %s", path, exc.message)
             return "failed"
         quota = self.quotas[rules.host]
-        if not quota.take():
+        reservation = quota.reserve()
+        if reservation is None:
             reason = (
                 f"daily quota of {quota.limit} uploads used up; resumes at {_clock_time(quota.reset_at())}"
             )
             self.journal.pause(service, "quota", quota.reset_at(), reason)
             return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
-        self.journal.claim_upload(row.id, sha)
+        self.journal.claim_upload(row.id, sha, reservation)
         try:
             uploaded = self.call_with_retry(
                 lambda: host.upload(UploadRequest(path, path.name, rules.album, image)), f"upload of {path}"
@@ -257,9 +258,8 @@ class Pipeline:
         except FileNotFoundError:
             self.journal.record_retry(row.id, j.PENDING, "transient", "file vanished during upload", 0)
             return "gone"
-        self.journal.record_uploaded(row.id, rules.host, uploaded, sha, utc_now())
         log.debug("uploaded %s → %s", path, uploaded.link, extra={"path": str(path)})
-        return "uploaded"
+        return UploadResult(rules.host, uploaded, sha, utc_now())
 
     def _upload_failed(self, row: FileRow, service: str, exc: ServiceError) -> str:
         if isinstance(exc, PermanentFileError):
@@ -296,8 +296,14 @@ class Pipeline:
         self.journal.record_retry(row.id, state, kind, reason, at)
         return outcome
 
-    def _finish(self, row: FileRow, rules: EffectiveRules) -> str:
+    def _finish(self, row: FileRow, rules: EffectiveRules, upload: UploadResult | None = None) -> str:
+        """Write the sidecar and record it (with `upload`, the upload too, in one transaction).
+
+        Whatever goes wrong before that transaction, a fresh upload is recorded first, so
+        it is never sent again.
+        """
         try:
+            push, push_error = self._push_payload(row, rules)
             sidecar = self.write_sidecar(row, rules)
         except OSError as exc:
             reason = (
@@ -305,13 +311,24 @@ class Pipeline:
                 "free disk space or make the folder writable (retrying)"
             )
             log.error("%s", reason)
+            if upload is not None:
+                self.journal.record_uploaded(row.id, upload)
             retry_at = self.retry_at(row.attempts + 1)
             self.journal.record_retry(row.id, j.UPLOADED, "disk", reason, retry_at)
             return "retry"
+        except BaseException:
+            if upload is not None:
+                self.journal.record_uploaded(row.id, upload)
+            raise
+        if upload is None:
+            self.journal.record_done(row.id, str(sidecar), push, push_error)
+        else:
+            self.journal.record_published(row.id, upload, str(sidecar), push, push_error)
         if row.sidecar_path and row.sidecar_path != str(sidecar):
-            remove_sidecar(Path(row.sidecar_path))
-        push, push_error = self._push_payload(row, rules)
-        self.journal.record_done(row.id, str(sidecar), push, push_error)
+            try:
+                remove_sidecar(Path(row.sidecar_path))
+            except OSError as exc:
+                log.warning("cannot remove the old sidecar %s: %s", row.sidecar_path, exc.strerror)
         log.info("published %s → %s (sidecar %s)", row.path, row.link, sidecar.name, extra={"path": row.path})
         return "done"
 

@@ -29,7 +29,13 @@ def next_reset(tz: str, now: float) -> float:
 
 
 class QuotaGate:
-    """Counts sends against a daily limit (None = unlimited) kept in the journal."""
+    """Counts sends against a daily limit (None = unlimited) kept in the journal.
+
+    `reserve` decides from an in-memory count of today's use, loaded from the journal once
+    a day (only this process writes it: one watchd per journal); the caller records the
+    reservation in the journal together with the send's intent, in one transaction. A
+    reservation whose transaction fails stays counted here, which errs on the safe side.
+    """
 
     def __init__(
         self, journal: Journal, service: str, limit: int | None, tz: str, clock: Callable[[], float]
@@ -40,6 +46,8 @@ class QuotaGate:
         self.tz = tz
         self.clock = clock
         self._lock = threading.Lock()
+        self._day = ""
+        self._used = 0
 
     def used_today(self) -> int:
         return self.journal.quota_used(self.service, day_key(self.tz, self.clock()))
@@ -47,13 +55,17 @@ class QuotaGate:
     def remaining(self) -> int | None:
         return None if self.limit is None else max(0, self.limit - self.used_today())
 
-    def take(self, n: int = 1) -> bool:
-        """Count `n` sends if today's limit allows them all; False (nothing counted) if not."""
+    def reserve(self, n: int = 1) -> tuple[str, str] | None:
+        """Count `n` sends if today's limit allows them all, and return the (service, day)
+        to record with their intent; None (nothing counted) if the limit does not allow them."""
+        day = day_key(self.tz, self.clock())
         with self._lock:
-            if self.limit is not None and self.used_today() + n > self.limit:
-                return False
-            self.journal.count_quota(self.service, day_key(self.tz, self.clock()), n)
-            return True
+            if day != self._day:
+                self._day, self._used = day, self.journal.quota_used(self.service, day)
+            if self.limit is not None and self._used + n > self.limit:
+                return None
+            self._used += n
+        return self.service, day
 
     def reset_at(self) -> float:
         return next_reset(self.tz, self.clock())

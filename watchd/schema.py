@@ -7,7 +7,7 @@ read in one place. The state machine itself is drawn in `watchd.journal`'s docst
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from watchd.hosts.base import Uploaded
 
@@ -94,6 +94,16 @@ HELD = "held"
 
 
 @dataclass(frozen=True)
+class UploadResult:
+    """A finished upload, not yet recorded: where it went, the bytes sent and when."""
+
+    host: str
+    uploaded: Uploaded
+    sha256: str
+    when: str
+
+
+@dataclass(frozen=True)
 class FileRow:
     """One file as the journal knows it."""
 
@@ -125,6 +135,27 @@ class FileRow:
     next_attempt_at: float
     created_at: float
     updated_at: float
+
+    def with_upload(self, upload: UploadResult) -> FileRow:
+        """This row as `Journal.record_uploaded` leaves it (without reading it back)."""
+        return replace(
+            self,
+            state=UPLOADED,
+            host=upload.host,
+            remote_id=upload.uploaded.remote_id,
+            link=upload.uploaded.link,
+            short_link=upload.uploaded.short_link,
+            resolution=upload.uploaded.resolution,
+            uploaded_size=upload.uploaded.size,
+            uploaded_at=upload.when,
+            sha256=upload.sha256,
+            uploaded_sha256=upload.sha256,
+            upload_count=self.upload_count + 1,
+            error_kind=None,
+            reason=None,
+            attempts=0,
+            next_attempt_at=0.0,
+        )
 
     def uploaded(self) -> Uploaded | None:
         """The upload this row records, or None when the file was never uploaded."""
