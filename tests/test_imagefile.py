@@ -10,7 +10,7 @@ import pytest
 
 from tests import imagegen
 from watchd.errors import PermanentFileError
-from watchd.imagefile import HASH_CHUNK, ImageInfo, inspect_image, sha256_file
+from watchd.imagefile import HASH_CHUNK, READ_WHOLE_BELOW, ImageInfo, inspect_image, load_image, sha256_file
 
 MB = 1024 * 1024
 
@@ -167,3 +167,38 @@ def test_sha256_streams_in_chunks(tmp_path: Path) -> None:
     data = os.urandom(2 * HASH_CHUNK + 12345)
     assert sha256_file(write(tmp_path, "blob", data)) == hashlib.sha256(data).hexdigest()
     assert HASH_CHUNK == MB
+
+
+@pytest.mark.parametrize("maker", [imagegen.png, imagegen.jpeg, imagegen.gif])
+@pytest.mark.parametrize("cut", [0, 3])
+def test_load_image_checks_hashes_and_holds_one_read_of_a_small_file(
+    tmp_path: Path, maker, cut: int, read_sizes: list[int]
+) -> None:
+    data = maker(30, 20, extra_bytes=40_000)
+    data = data[: len(data) - cut]
+    path = write(tmp_path, "small", data)
+    read_sizes.clear()
+    loaded = load_image(path)
+    assert len(read_sizes) == 1  # one read of the file, nothing else
+    assert loaded.content == data
+    assert loaded.sha256 == hashlib.sha256(data).hexdigest()
+    assert loaded.info == inspect_image(path)
+    assert loaded.info.complete is (cut == 0)
+
+
+def test_load_image_streams_a_large_file(tmp_path: Path) -> None:
+    data = imagegen.png(8, 8, extra_bytes=READ_WHOLE_BELOW + 10)
+    path = write(tmp_path, "large.png", data)
+    loaded = load_image(path)
+    assert loaded.content is None
+    assert loaded.sha256 == hashlib.sha256(data).hexdigest()
+    assert loaded.info == inspect_image(path)
+
+
+def test_load_image_refuses_as_inspect_does(tmp_path: Path) -> None:
+    with pytest.raises(PermanentFileError, match="looks like a PDF document"):
+        load_image(write(tmp_path, "doc.png", b"%PDF-1.7 " + bytes(100)))
+    with pytest.raises(PermanentFileError, match="empty"):
+        load_image(write(tmp_path, "empty.png", b""))
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / "gone.png")

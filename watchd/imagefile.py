@@ -14,6 +14,7 @@ not "unreadable", and the callers treat it so.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import struct
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from typing import BinaryIO
 from watchd.errors import PermanentFileError
 
 MAX_BYTES = 10 * 1024 * 1024
+READ_WHOLE_BELOW = 1024 * 1024
 HASH_CHUNK = 1024 * 1024
 _HEAD = 64
 
@@ -86,29 +88,56 @@ def inspect_image(path: Path, max_bytes: int = MAX_BYTES) -> ImageInfo:
     Raise `FileNotFoundError` if it does not exist.
     """
     with _opened(path) as f:
+        return _inspect(f, os.fstat(f.fileno()).st_size, path, max_bytes)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A file about to be uploaded: what it is, the SHA-256 of its bytes, and (when it is
+    small enough to hold) those very bytes, so what is checked, hashed and sent is the same."""
+
+    info: ImageInfo
+    sha256: str
+    content: bytes | None  # None: larger than READ_WHOLE_BELOW, to be streamed from disk
+
+
+def load_image(path: Path, max_bytes: int = MAX_BYTES) -> LoadedImage:
+    """`inspect_image` and `sha256_file` in one read for a file of at most READ_WHOLE_BELOW
+    bytes (most web images), which spares two opens and a second pass; larger files are
+    inspected and hashed from disk as before, never read whole. Raises as `inspect_image`."""
+    with _opened(path) as f:
         size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise PermanentFileError(f"{path.name} is empty (0 bytes): copy the file again")
-        head = f.read(_HEAD)
-        kind = _kind_of(head)
-        if kind is None:
-            raise PermanentFileError(
-                f"{path.name} looks like {_looks_like(head)}, not a JPEG, PNG or GIF: "
-                "convert it to one of those to upload it"
-            )
-        if size > max_bytes:
-            raise PermanentFileError(
-                f"{path.name} is {size / 1024 / 1024:.1f} MB, larger than the "
-                f"{max_bytes / 1024 / 1024:g} MB ImageBan accepts: resize or recompress it"
-            )
-        dimensions = _jpeg_dimensions(f, path) if kind == "jpeg" else _header_dimensions(kind, head, path)
-        frame_end = f.tell()
-        end = f.seek(0, os.SEEK_END)  # the current end: the file may still be growing
-        f.seek(max(0, end - len(_PNG_END)))
-        tail = f.read(len(_PNG_END))
-        complete = dimensions is not None and _ends_well(kind, tail)
-        if dimensions is not None and kind == "jpeg" and not complete:
-            complete = _has_jpeg_end_after(f, frame_end, end)
+        if size <= READ_WHOLE_BELOW:
+            content = f.read(READ_WHOLE_BELOW + 1)
+    if size > READ_WHOLE_BELOW or len(content) > READ_WHOLE_BELOW:  # large, or grew meanwhile
+        return LoadedImage(inspect_image(path, max_bytes), sha256_file(path), None)
+    info = _inspect(io.BytesIO(content), len(content), path, max_bytes)
+    return LoadedImage(info, hashlib.sha256(content).hexdigest(), content)
+
+
+def _inspect(f: BinaryIO, size: int, path: Path, max_bytes: int) -> ImageInfo:
+    if size == 0:
+        raise PermanentFileError(f"{path.name} is empty (0 bytes): copy the file again")
+    head = f.read(_HEAD)
+    kind = _kind_of(head)
+    if kind is None:
+        raise PermanentFileError(
+            f"{path.name} looks like {_looks_like(head)}, not a JPEG, PNG or GIF: "
+            "convert it to one of those to upload it"
+        )
+    if size > max_bytes:
+        raise PermanentFileError(
+            f"{path.name} is {size / 1024 / 1024:.1f} MB, larger than the "
+            f"{max_bytes / 1024 / 1024:g} MB ImageBan accepts: resize or recompress it"
+        )
+    dimensions = _jpeg_dimensions(f, path) if kind == "jpeg" else _header_dimensions(kind, head, path)
+    frame_end = f.tell()
+    end = f.seek(0, os.SEEK_END)  # the current end: the file may still be growing
+    f.seek(max(0, end - len(_PNG_END)))
+    tail = f.read(len(_PNG_END))
+    complete = dimensions is not None and _ends_well(kind, tail)
+    if dimensions is not None and kind == "jpeg" and not complete:
+        complete = _has_jpeg_end_after(f, frame_end, end)
     width, height = dimensions or (0, 0)
     return ImageInfo(kind, _MIME[kind], size, width, height, complete)
 

@@ -14,13 +14,16 @@ class UploadRequest:
     """What to upload: the local file, the name to show, and the optional album.
 
     `image` is the caller's fresh `inspect_image` of the file, which spares the host a
-    second look; without it the host inspects the file itself.
+    second look; without it the host inspects the file itself. `content`, when given, is
+    the file's bytes as the caller read (and checked) them: they are sent instead of the
+    file being read again.
     """
 
     path: Path
     name: str
     album: str | None = None
     image: ImageInfo | None = None
+    content: bytes | None = None
 
 
 @dataclass(frozen=True)

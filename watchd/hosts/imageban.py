@@ -99,7 +99,8 @@ class ImageBanHost:
 
         The file is checked first (JPEG/PNG/GIF, ≤ 10 MB, complete; from `request.image`
         when the caller already inspected it) and refused with `PermanentFileError`
-        before any request. It is streamed from disk, never read whole.
+        before any request. It is sent from `request.content` when the caller read it
+        (small files), otherwise streamed from disk, never read whole.
         Raise only `ServiceError` subclasses, plus `FileNotFoundError` if the file is gone.
         Not idempotent: each call that succeeds creates a new image on ImageBan.
         """
@@ -116,9 +117,12 @@ class ImageBanHost:
         fields = {"name": request.name}
         if request.album and self.auth_scheme == "account":
             fields["album"] = request.album
-        with request.path.open("rb") as fileobj:
-            files = {"image": (_ascii_filename(request.name, info), fileobj, info.mime)}
-            response = self._post(data=fields, files=files)
+        filename = _ascii_filename(request.name, info)
+        if request.content is not None:
+            response = self._post(data=fields, files={"image": (filename, request.content, info.mime)})
+        else:
+            with request.path.open("rb") as fileobj:
+                response = self._post(data=fields, files={"image": (filename, fileobj, info.mime)})
         return self._interpret(response, info)
 
     def close(self) -> None:
