@@ -423,7 +423,7 @@ class Engine:
         if row is not None and row.id in self._in_flight:
             self._dirty.add(row.id)
             return
-        result = self.pipeline.intake(path, settled=settled)
+        result = self.pipeline.intake(path, settled=settled, row=row)
         if result is Intake.WAIT:
             self._note_change(path)
         elif result is Intake.FAILED:

@@ -305,16 +305,14 @@ class Journal:
     ) -> FileRow:
         """Record a file never seen before (a new stable Baidu id is minted)."""
         now = time.time()
+        baidu_id = new_baidu_id()
         with self._write() as db:
             cur = db.execute(
                 "INSERT INTO files (path, last_path, root, state, size, mtime_ns, sha256, baidu_id, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (path, path, root, state, size, mtime_ns, sha256, new_baidu_id(), now, now),
+                (path, path, root, state, size, mtime_ns, sha256, baidu_id, now, now),
             )
-            file_id = cur.lastrowid
-        row = self.get_by_id(int(file_id or 0))
-        assert row is not None
-        return row
+        return FileRow.new(int(cur.lastrowid or 0), path, root, state, size, mtime_ns, sha256, baidu_id, now)
 
     def requeue(self, file_id: int, size: int, mtime_ns: int, sha256: str | None) -> None:
         """New content at a known path: upload again (same row, same Baidu id)."""
@@ -417,7 +415,7 @@ class Journal:
         )
         if push is None and push_error is None:
             return
-        baidu_id = db.execute("SELECT baidu_id FROM files WHERE id = ?", (file_id,)).fetchone()[0]
+        baidu_id = str(push["id"]) if push is not None else self._baidu_id(db, file_id)
         if push is not None:
             self._queue_outbox(db, file_id, "push", baidu_id, push, now)
         else:
@@ -488,6 +486,10 @@ class Journal:
                 self._queue_outbox(db, file_id, "delete", row[0], None, now)
 
     # -- the Baidu outbox --------------------------------------------------------------
+
+    @staticmethod
+    def _baidu_id(db: sqlite3.Connection, file_id: int) -> str:
+        return str(db.execute("SELECT baidu_id FROM files WHERE id = ?", (file_id,)).fetchone()[0])
 
     @staticmethod
     def _queue_outbox(

@@ -30,7 +30,7 @@ from watchd.errors import (
     TransientError,
 )
 from watchd.hosts.base import Host, UploadRequest
-from watchd.imagefile import inspect_image, sha256_file
+from watchd.imagefile import inspect_image, load_image, sha256_file
 from watchd.indexers.baidu import encode_url, make_title, validate_push_item
 from watchd.indexers.base import PushItem
 from watchd.journal import FileRow, Journal, UploadResult
@@ -56,6 +56,15 @@ UNSUPPORTED_SUFFIXES = frozenset(
 )
 TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", "~", ".swp", ".!sync")
 CONFIG_PAUSE_RECHECK = 3600.0
+
+
+class Unread(enum.Enum):
+    """The journal row was not read yet (`None` means: read, and there is none)."""
+
+    UNREAD = "unread"
+
+
+UNREAD = Unread.UNREAD
 
 
 class Intake(enum.Enum):
@@ -109,8 +118,11 @@ class Pipeline:
     def folder_for(self, path: str) -> FolderSettings | None:
         return self.resolver.folder_for(Path(path))
 
-    def intake(self, path: str, *, settled: bool) -> Intake:
-        """Decide what a finished (or, unless `settled`, possibly unfinished) file needs."""
+    def intake(self, path: str, *, settled: bool, row: FileRow | Unread | None = UNREAD) -> Intake:
+        """Decide what a finished (or, unless `settled`, possibly unfinished) file needs.
+
+        `row` is the file's journal row when the caller has just read it.
+        """
         folder = self.folder_for(path)
         if folder is None or not candidate_name(os.path.basename(path)):
             return Intake.IGNORED
@@ -129,7 +141,8 @@ class Pipeline:
             return self._reject(path, root, None, f"cannot read {path}: {exc.strerror}; fix its permissions")
         if not stat.S_ISREG(info.st_mode):
             return Intake.IGNORED
-        row = self.journal.get(path)
+        if isinstance(row, Unread):
+            row = self.journal.get(path)
         if row is not None and row.missing_since is not None:
             self.journal.mark_missing(row.id, None)
         if row is not None and (row.size, row.mtime_ns) == (info.st_size, info.st_mtime_ns):
@@ -228,12 +241,11 @@ class Pipeline:
         if self.paused_until(service) is not None:
             return self._defer(row, j.PENDING, "paused", f"{service} is paused", self._pause_end(service))
         try:
-            image = inspect_image(path)
-            if not image.complete:
+            loaded = load_image(path)
+            if not loaded.info.complete:
                 raise PermanentFileError(
-                    f"truncated {image.kind.upper()}: the file ends before the image does"
+                    f"truncated {loaded.info.kind.upper()}: the file ends before the image does"
                 )
-            sha = sha256_file(path)
         except FileNotFoundError:
             return "gone"
         except PermanentFileError as exc:
@@ -248,18 +260,17 @@ class Pipeline:
             )
             self.journal.pause(service, "quota", quota.reset_at(), reason)
             return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
-        self.journal.claim_upload(row.id, sha, reservation)
+        self.journal.claim_upload(row.id, loaded.sha256, reservation)
+        request = UploadRequest(path, path.name, rules.album, loaded.info, loaded.content)
         try:
-            uploaded = self.call_with_retry(
-                lambda: host.upload(UploadRequest(path, path.name, rules.album, image)), f"upload of {path}"
-            )
+            uploaded = self.call_with_retry(lambda: host.upload(request), f"upload of {path}")
         except ServiceError as exc:
             return self._upload_failed(row, service, exc)
         except FileNotFoundError:
             self.journal.record_retry(row.id, j.PENDING, "transient", "file vanished during upload", 0)
             return "gone"
         log.debug("uploaded %s → %s", path, uploaded.link, extra={"path": str(path)})
-        return UploadResult(rules.host, uploaded, sha, utc_now())
+        return UploadResult(rules.host, uploaded, loaded.sha256, utc_now())
 
     def _upload_failed(self, row: FileRow, service: str, exc: ServiceError) -> str:
         if isinstance(exc, PermanentFileError):

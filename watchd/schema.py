@@ -75,6 +75,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (service, day)
     );
     """,
+    # Finding a file's outbox items (on every re-upload and deletion) without a full scan.
+    "CREATE INDEX outbox_file ON outbox (file_id)",
 )
 
 # File states.
@@ -135,6 +137,43 @@ class FileRow:
     next_attempt_at: float
     created_at: float
     updated_at: float
+
+    @classmethod
+    def new(
+        cls,
+        file_id: int,
+        path: str,
+        root: str,
+        state: str,
+        size: int,
+        mtime_ns: int,
+        sha256: str | None,
+        baidu_id: str,
+        now: float,
+    ) -> FileRow:
+        """A row as `Journal.add` inserts it (the table's defaults for everything else)."""
+        nothing = dict.fromkeys(
+            ("host", "remote_id", "link", "short_link", "resolution", "uploaded_size", "uploaded_at",
+             "uploaded_sha256", "sidecar_path", "pushed_at", "missing_since", "error_kind", "reason"),
+        )  # fmt: skip
+        return cls(
+            id=file_id,
+            path=path,
+            last_path=path,
+            root=root,
+            state=state,
+            size=size,
+            mtime_ns=mtime_ns,
+            sha256=sha256,
+            baidu_id=baidu_id,
+            upload_count=0,
+            delete_held=0,
+            attempts=0,
+            next_attempt_at=0.0,
+            created_at=now,
+            updated_at=now,
+            **nothing,
+        )
 
     def with_upload(self, upload: UploadResult) -> FileRow:
         """This row as `Journal.record_uploaded` leaves it (without reading it back)."""
