@@ -1,4 +1,5 @@
-"""`HttpClient` over `PooledTransport`: real loopback servers, real sockets."""
+"""`HttpClient` over `PooledTransport`: real loopback servers (the emulator, small stdlib ones
+and raw sockets writing exact bytes), real sockets."""
 
 from __future__ import annotations
 
@@ -173,3 +174,59 @@ def test_the_transport_refuses_other_schemes() -> None:
     transport = PooledTransport()
     with pytest.raises(httpx.UnsupportedProtocol):
         transport.handle_request(httpx.Request("POST", "ftp://127.0.0.1/v1"))
+
+
+def raw_server(answer: bytes) -> Iterator[str]:
+    """A server that reads one request and writes `answer` verbatim, then closes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = int(
+                dict(
+                    line.split(b": ", 1)
+                    for line in head.split(b"\r\n")[1:]  # type: ignore[misc]
+                ).get(b"Content-Length", b"0")
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=serve_one, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    thread.join(timeout=5)
+    listener.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'4\r\n{"a"\r\n3;x=1\r\n: 1\r\n1\r\n}\r\n0\r\n\r\n',
+        b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{"a": 1}',
+        b'HTTP/1.0 200 OK\r\n\r\n{"a": 1}',
+    ],
+    ids=["chunked", "100-continue", "http/1.0 until close"],
+)
+def test_answers_are_read_however_they_are_delimited(client: HttpClient, answer: bytes) -> None:
+    for url in raw_server(answer):
+        assert client.post(url, headers={}, content=b"hello").json() == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b'HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"a": 1}', b"SSH-2.0-OpenSSH\r\n", b""],
+    ids=["cut short", "not http", "silence"],
+)
+def test_broken_answers_are_protocol_errors(client: HttpClient, answer: bytes) -> None:
+    for url in raw_server(answer):
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.post(url, headers={}, content=b"hello")

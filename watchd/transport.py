@@ -1,58 +1,76 @@
-"""A lean httpx transport over the standard library's `http.client`, with kept-alive connections.
+"""A lean HTTP/1.1 transport for httpx: kept-alive sockets, one write per small request.
 
 Why: for the small multipart POSTs watchd makes by the thousand, httpcore's machinery costs
-about 0.6 ms of CPU per request (measured against the emulator, see docs/benchmarks.md),
-more than everything else watchd does for an image. `http.client` sends the same bytes for
-a fraction of that. The rest of watchd keeps speaking httpx (requests, responses, errors,
-`MockTransport` in tests); only the bytes on the wire go through here.
+about 0.6 ms of CPU per request and `http.client`'s header parsing (through the `email`
+package) about 0.2 ms, more than everything else watchd does for an image (measured
+against the emulator, see docs/benchmarks.md). The services answer small JSON bodies, so
+a request is one `sendall` (headers and body together) and the answer is read with a
+buffered reader: status line, headers, then a body delimited by Content-Length, chunked
+encoding or the end of the connection. The rest of watchd keeps speaking httpx (requests,
+responses, errors, `MockTransport` in tests); only the bytes on the wire go through here.
 
-The engine mounts it for direct connections only (`all://`), so proxies named in the
-environment (`HTTPS_PROXY`, `NO_PROXY`, ...) still go through httpx's own transports.
-Every failure is raised as the httpx exception httpx itself would raise, so callers
-translate errors in one place whatever the transport.
+Every failure is raised as the httpx exception httpx's own transport raises for it, so
+callers translate errors in one place whatever the transport.
 """
 
 from __future__ import annotations
 
-import http.client
 import select
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterable
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 import httpx
 
 KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept (httpx's default)
 MAX_IDLE_PER_ORIGIN = 16
-JOIN_BODY_BELOW = 4 * 1024 * 1024  # smaller bodies are sent with the headers in one write
+JOIN_BODY_BELOW = 4 * 1024 * 1024  # smaller bodies leave with the headers in one write
+MAX_LINE = 65536  # longest status or header line accepted
+MAX_HEADERS = 100
 
 _Origin = tuple[str, str, int]
 
 
 class _Connection:
-    """One kept-alive connection and when it was last returned to the pool."""
+    """One socket, its buffered reader, and when it was last returned to the pool."""
 
-    def __init__(self, conn: http.client.HTTPConnection) -> None:
-        self.conn = conn
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader: BinaryIO = sock.makefile("rb")
         self.idle_since = time.monotonic()
 
     def usable(self) -> bool:
         """Not expired, and the server has not closed it (an idle socket that reads is at EOF)."""
-        sock = self.conn.sock
-        if sock is None or time.monotonic() - self.idle_since > KEEPALIVE_EXPIRY:
+        if time.monotonic() - self.idle_since > KEEPALIVE_EXPIRY:
             return False
-        readable, _, _ = select.select([sock], [], [], 0)
+        readable, _, _ = select.select([self.sock], [], [], 0)
         return not readable
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+class _StaleConnection(Exception):
+    """A reused connection died before any answer: the request can be sent again."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _NoAnswer(ConnectionError):
+    """The server closed the connection without sending a status line."""
 
 
 class PooledTransport(httpx.BaseTransport):
-    """Sends each request over a kept-alive `http.client` connection; safe for several threads.
+    """Sends each request over a kept-alive connection; safe for several threads.
 
     `timeout` (read/write) and `connect_timeout` apply to requests without httpx's
-    `timeout` extension; an `httpx.Client` always sets it, from its own timeout.
+    `timeout` extension (`HttpClient` and `httpx.Client` always set it).
     """
 
     def __init__(
@@ -69,9 +87,11 @@ class PooledTransport(httpx.BaseTransport):
         self._lock = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        origin = (request.url.scheme, request.url.host, request.url.port or _default_port(request.url))
+        url = request.url
+        if url.scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}", request=request)
+        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         timeouts = request.extensions.get("timeout", {})
-        connect_timeout = timeouts.get("connect", self._connect_timeout)
         read_timeout = timeouts.get("read", self._timeout)
         body = _Body(request)
         connection = self._checkout(origin)
@@ -79,57 +99,50 @@ class PooledTransport(httpx.BaseTransport):
             try:
                 return self._exchange(origin, connection, request, body, read_timeout)
             except _StaleConnection:
-                pass  # closed by the server while idle, before it read a byte: a fresh one
-        connection = _Connection(self._open(origin, request, connect_timeout))
+                pass  # closed by the server while idle: a fresh connection
+        connection = self._open(origin, request, timeouts.get("connect", self._connect_timeout))
         try:
             return self._exchange(origin, connection, request, body, read_timeout)
         except _StaleConnection as stale:
             _raise_translated(stale.cause, request, connected=True)
-
-    def _exchange(
-        self, origin: _Origin, connection: _Connection, request: httpx.Request, body: _Body, timeout: float
-    ) -> httpx.Response:
-        """One request and its whole answer over `connection`, which goes back to the pool if
-        the server keeps it. `_StaleConnection` when it died before any answer and the
-        request can be sent again."""
-        conn = connection.conn
-        answered = False
-        try:
-            assert conn.sock is not None
-            conn.sock.settimeout(timeout)
-            body.send(conn, request)
-            answer = conn.getresponse()
-            answered = True
-            content = answer.read()
-        except Exception as exc:
-            conn.close()
-            if not answered and body.resendable and isinstance(exc, _DEAD_CONNECTION):
-                raise _StaleConnection(exc) from exc
-            _raise_translated(exc, request, connected=True)
-        except BaseException:
-            conn.close()
-            raise
-        response = httpx.Response(
-            answer.status,
-            headers=answer.getheaders(),
-            stream=httpx.ByteStream(content),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": answer.reason.encode("latin-1")},
-            request=request,
-        )
-        if answer.will_close:
-            conn.close()
-        else:
-            self._checkin(origin, connection)
-        return response
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, {}
         for connections in idle.values():
             for connection in connections:
-                connection.conn.close()
+                connection.close()
 
-    # -- the pool ------------------------------------------------------------------------
+    def _exchange(
+        self, origin: _Origin, connection: _Connection, request: httpx.Request, body: _Body, timeout: float
+    ) -> httpx.Response:
+        """One request and its whole answer; the connection goes back to the pool if kept."""
+        answered = False
+        try:
+            connection.sock.settimeout(timeout)
+            body.send(connection.sock, _head(request, body))
+            status, reason, headers, keep_alive = _read_head(connection.reader)
+            answered = True
+            content = _read_body(connection.reader, request.method, status, headers)
+        except Exception as exc:
+            connection.close()
+            if not answered and body.resendable and isinstance(exc, _DEAD_CONNECTION):
+                raise _StaleConnection(exc) from exc
+            _raise_translated(exc, request, connected=True)
+        except BaseException:
+            connection.close()
+            raise
+        if keep_alive and _delimited(request.method, status, headers):
+            self._checkin(origin, connection)
+        else:
+            connection.close()
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=httpx.ByteStream(content),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+            request=request,
+        )
 
     def _checkout(self, origin: _Origin) -> _Connection | None:
         while True:
@@ -140,7 +153,7 @@ class PooledTransport(httpx.BaseTransport):
                 connection = connections.pop()
             if connection.usable():
                 return connection
-            connection.conn.close()
+            connection.close()
 
     def _checkin(self, origin: _Origin, connection: _Connection) -> None:
         connection.idle_since = time.monotonic()
@@ -149,37 +162,27 @@ class PooledTransport(httpx.BaseTransport):
             if len(connections) < MAX_IDLE_PER_ORIGIN:
                 connections.append(connection)
                 return
-        connection.conn.close()
+        connection.close()
 
-    def _open(self, origin: _Origin, request: httpx.Request, timeout: float) -> http.client.HTTPConnection:
+    def _open(self, origin: _Origin, request: httpx.Request, timeout: float) -> _Connection:
         scheme, host, port = origin
-        conn: http.client.HTTPConnection
-        if scheme == "https":
-            context = self._ssl_context or httpx.create_ssl_context()
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
-        elif scheme == "http":
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        else:
-            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}", request=request)
         try:
-            conn.connect()
+            sock = socket.create_connection((host, port), timeout=timeout)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if scheme == "https":
+                    context = self._ssl_context or httpx.create_ssl_context()
+                    sock = context.wrap_socket(sock, server_hostname=host)
+            except BaseException:
+                sock.close()
+                raise
         except Exception as exc:
-            conn.close()
             _raise_translated(exc, request, connected=False)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return _Connection(sock)
 
 
 # A reused connection that fails like this before any answer was closed by the server while idle.
-_DEAD_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-
-
-class _StaleConnection(Exception):
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
+_DEAD_CONNECTION = (_NoAnswer, ConnectionResetError, BrokenPipeError)
 
 
 class _Body:
@@ -189,39 +192,127 @@ class _Body:
 
     def __init__(self, request: httpx.Request) -> None:
         self.chunks: Iterable[bytes] = request.stream  # type: ignore[assignment]
-        self.length = request.headers.get("content-length")
-        self.streamed = self.length is not None and int(self.length) > JOIN_BODY_BELOW
-        self.data = None if self.streamed else b"".join(self.chunks)
+        length = request.headers.get("content-length")
+        self.streamed = length is not None and int(length) > JOIN_BODY_BELOW
+        self.data = b"" if self.streamed else b"".join(self.chunks)
+        self.measured = length is None and bool(self.data)
         self.resendable = not self.streamed
 
-    def send(self, conn: http.client.HTTPConnection, request: httpx.Request) -> None:
-        conn.putrequest(
-            request.method, request.url.raw_path.decode("ascii"), skip_host=True, skip_accept_encoding=True
-        )
-        for name, value in request.headers.raw:
-            if self.length is None and name.lower() == b"transfer-encoding":
-                continue  # measured instead of chunked
-            conn.putheader(name.decode("latin-1"), value)
-        if self.length is None and self.data:
-            conn.putheader("Content-Length", str(len(self.data)))
-        conn.endheaders(self.data or None)
+    def send(self, sock: socket.socket, head: bytes) -> None:
+        sock.sendall(head + self.data)
         if self.streamed:
             self.resendable = False
             for chunk in self.chunks:
-                conn.send(chunk)
+                sock.sendall(chunk)
 
 
-def _default_port(url: httpx.URL) -> int:
-    return 443 if url.scheme == "https" else 80
+def _head(request: httpx.Request, body: _Body) -> bytes:
+    """The request line and headers as httpx built them (chunked replaced by a measured length)."""
+    lines = [request.method.encode("ascii") + b" " + request.url.raw_path + b" HTTP/1.1"]
+    for name, value in request.headers.raw:
+        if body.measured and name.lower() == b"transfer-encoding":
+            continue
+        lines.append(name + b": " + value)
+    if body.measured:
+        lines.append(b"Content-Length: " + str(len(body.data)).encode("ascii"))
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _read_line(reader: BinaryIO) -> bytes:
+    line = reader.readline(MAX_LINE + 1)
+    if len(line) > MAX_LINE:
+        raise httpx.RemoteProtocolError("answer line too long")
+    return line
+
+
+def _read_head(reader: BinaryIO) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
+    """Status, reason, headers and whether the connection stays open (1xx answers skipped)."""
+    while True:
+        line = _read_line(reader)
+        if not line:
+            raise _NoAnswer("Server disconnected without sending a response.")
+        version, _, rest = line.rstrip(b"\r\n").partition(b" ")
+        code, _, reason = rest.partition(b" ")
+        if not version.startswith(b"HTTP/1.") or not code.isdigit() or len(code) != 3:
+            raise httpx.RemoteProtocolError(f"malformed status line {line[:80]!r}")
+        headers: list[tuple[bytes, bytes]] = []
+        while True:
+            line = _read_line(reader)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, colon, value = line.partition(b":")
+            if not colon or len(headers) >= MAX_HEADERS:
+                raise httpx.RemoteProtocolError("malformed or too many header lines")
+            headers.append((name.strip(), value.strip()))
+        status = int(code)
+        if 100 <= status < 200 and status != 101:
+            continue  # an interim answer (100 Continue): the real one follows
+        tokens = b",".join(v for n, v in headers if n.lower() == b"connection").lower()
+        keep_alive = b"close" not in tokens and (version == b"HTTP/1.1" or b"keep-alive" in tokens)
+        return status, reason, headers, keep_alive
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    values = [value for key, value in headers if key.lower() == name]
+    return b",".join(values) if values else None
+
+
+def _delimited(method: str, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the body's end is known without the connection closing (so it can be reused)."""
+    return (
+        method == "HEAD"
+        or status in (204, 304)
+        or _header(headers, b"content-length") is not None
+        or b"chunked" in (_header(headers, b"transfer-encoding") or b"").lower()
+    )
+
+
+def _read_body(reader: BinaryIO, method: str, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    if method == "HEAD" or status in (204, 304):
+        return b""
+    if b"chunked" in (_header(headers, b"transfer-encoding") or b"").lower():
+        return _read_chunked(reader)
+    length = _header(headers, b"content-length")
+    if length is None:
+        return reader.read()  # until the server closes
+    try:
+        size = int(length.split(b",")[0])
+    except ValueError:
+        raise httpx.RemoteProtocolError(f"bad Content-Length {length[:40]!r}") from None
+    content = reader.read(size)
+    if len(content) < size:
+        raise httpx.RemoteProtocolError(f"answer ended after {len(content)} of {size} bytes")
+    return content
+
+
+def _read_chunked(reader: BinaryIO) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        line = _read_line(reader)
+        try:
+            size = int(line.split(b";")[0].strip(), 16)
+        except ValueError:
+            raise httpx.RemoteProtocolError(f"bad chunk size line {line[:40]!r}") from None
+        if size == 0:
+            while _read_line(reader) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(parts)
+        chunk = reader.read(size)
+        if len(chunk) < size:
+            raise httpx.RemoteProtocolError("answer ended inside a chunk")
+        parts.append(chunk)
+        reader.readline(3)  # the CRLF after the chunk
 
 
 def _raise_translated(exc: Exception, request: httpx.Request, *, connected: bool) -> NoReturn:
     """Raise the httpx exception httpx's own transport would raise for `exc` (with it as cause)."""
+    if isinstance(exc, httpx.HTTPError):
+        raise exc
     message = str(exc) or type(exc).__name__
     translated: httpx.TransportError
     if isinstance(exc, (socket.timeout, TimeoutError)):
         translated = (httpx.ReadTimeout if connected else httpx.ConnectTimeout)(message, request=request)
-    elif isinstance(exc, http.client.HTTPException):  # RemoteDisconnected, BadStatusLine, ...
+    elif isinstance(exc, _NoAnswer):
         translated = httpx.RemoteProtocolError(message, request=request)
     elif isinstance(exc, OSError):  # refused, reset, unreachable, TLS failures
         translated = (httpx.ReadError if connected else httpx.ConnectError)(message, request=request)
