@@ -108,3 +108,23 @@ def test_quota_reservations_are_counted_with_the_claim(journal: Journal) -> None
     assert QuotaGate(journal, "imageban:me", 2, "Europe/Moscow", lambda: now).reserve() is None
     # The next day starts from zero.
     assert QuotaGate(journal, "imageban:me", 2, "Europe/Moscow", lambda: now + 86_400).reserve() is not None
+
+
+def test_a_batch_commits_once_at_its_end(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path)
+    other = Journal.open(tmp_path)  # another connection sees only what is committed
+    with journal.batch():
+        first = journal.add("/w/a.png", "/w", 1, 1, None)
+        journal.add("/w/b.png", "/w", 1, 1, None)
+        assert journal.get("/w/b.png") is not None  # the batch reads its own writes
+        assert other.get_by_id(first.id) is None
+    assert other.get("/w/a.png") is not None and other.get("/w/b.png") is not None
+
+
+def test_a_failed_batch_records_nothing(journal: Journal) -> None:
+    with pytest.raises(RuntimeError), journal.batch():
+        journal.add("/w/a.png", "/w", 1, 1, None)
+        raise RuntimeError("disk trouble")
+    assert journal.get("/w/a.png") is None
+    journal.add("/w/b.png", "/w", 1, 1, None)  # and the journal goes on
+    assert journal.get("/w/b.png") is not None

@@ -52,12 +52,23 @@ class BaiduBatcher:
         self._stop = threading.Event()
         self._first_seen: dict[str, float] = {}
         self._flushing = threading.Lock()
+        self._unseen = 0  # pushes queued since the last look (see pushes_queued)
+        self._will_look = False  # a deadline (a partial batch's linger, a pause) brings it back
         self.calls = 0
         self.outcomes: Counter[str] = Counter()
 
     def wake(self) -> None:
         """New items were queued: look at the outbox now."""
         self._wake.set()
+
+    def pushes_queued(self, n: int = 1) -> None:
+        """`n` pushes were queued: look at the outbox when that may fill a batch, or when no
+        batch is lingering yet (the first push starts one); otherwise the linger's own
+        deadline (or a pause's end) brings the batcher back. Spares a look (and its queries)
+        per file."""
+        self._unseen += n
+        if self._unseen >= self.indexer.max_push or not self._will_look:
+            self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -93,9 +104,12 @@ class BaiduBatcher:
 
     def _flush(self, force: bool) -> float:
         while not self._stop.is_set() or force:
+            self._unseen = 0
+            self._will_look = False
             now = self.clock()
             resume = self.pipeline.paused_until(SERVICE)
             if resume is not None:
+                self._will_look = True
                 return min(60.0, max(1.0, resume - now))
             sent_full = False
             wait = 60.0
@@ -108,6 +122,7 @@ class BaiduBatcher:
                     first = self._first_seen.setdefault(action, now)
                     if now - first < self.linger:
                         wait = min(wait, first + self.linger - now)
+                        self._will_look = True
                         continue
                 self._first_seen.pop(action, None)
                 self._send(action, rows)

@@ -408,8 +408,9 @@ class Engine:
             case Rescan(path):
                 self._rescan(path)
             case _TakeIn(paths):
-                for file_path in paths:
-                    self._intake(file_path, settled=False)
+                with self.journal.batch():
+                    for file_path in paths:
+                        self._intake(file_path, settled=False)
                 self._dispatch(self.clock())
             case _Done(file_id, outcome, path):
                 self._finished(file_id, outcome, path)
@@ -605,7 +606,7 @@ class Engine:
             path = row.path if row is not None else None
         self._count(outcome, path or f"#{file_id}")
         if outcome == "done" and self.batcher is not None:
-            self.batcher.wake()
+            self.batcher.pushes_queued()
         if file_id in self._dirty:
             self._dirty.discard(file_id)
             if path is not None:

@@ -88,6 +88,7 @@ class Journal:
         self._db = db or _connect(path)
         self._pauses: list[ServicePause] | None = None
         self._any_missing: bool | None = None  # see _maybe_missing
+        self._batch_depth = 0  # > 0 inside batch()
         if db is None:
             self._migrate()
 
@@ -149,8 +150,27 @@ class Journal:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._batch_depth:  # inside `batch()`: its end commits
+                yield self._db
+                return
+            with self._db:
+                yield self._db
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Make this thread's writes inside the block one transaction, committed at its end.
+
+        For many small writes in a row (reconciliation taking in a chunk of files): one
+        commit instead of one per file. Other threads' writes wait for the block, so keep
+        it short and free of network calls.
+        """
         with self._lock, self._db:
-            yield self._db
+            self._batch_depth += 1
+            try:
+                yield
+            finally:
+                self._batch_depth -= 1
 
     def _one(self, sql: str, args: Sequence[object] = ()) -> FileRow | None:
         with self._lock:
