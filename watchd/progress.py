@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 PLAIN_EVERY_SECONDS = 10.0
 
@@ -24,6 +24,10 @@ class SyncProgress:
         self._bar: Progress | None = None
         self._task = None
         if stream.isatty():
+            # rich only for a terminal: importing it costs ~40 ms of every unattended sync.
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
             self._bar = Progress(
                 TextColumn("sync"),
                 BarColumn(),

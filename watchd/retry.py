@@ -13,9 +13,10 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 from watchd.errors import TransientError
 
@@ -56,6 +57,10 @@ def call_with_retry(
             failure, first_failure = first_failure, None
             raise failure
         return fn()
+
+    # Only now: a first success (nearly every call) never needs tenacity, and importing it
+    # costs ~50 ms of every `watchd sync`'s start-up.
+    from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
 
     what = describe or getattr(fn, "__name__", "call")
     jitter = wait_random_exponential(multiplier=initial, max=maximum)
