@@ -299,13 +299,14 @@ class Journal:
             ).rowcount
 
     def due_uploads(self, now: float, limit: int, exclude: set[int]) -> list[FileRow]:
-        """Rows whose upload or sidecar step is due now, oldest first."""
-        rows = self._many(
-            "SELECT * FROM files WHERE state IN (?, ?) AND next_attempt_at <= ? "
+        """Rows whose upload or sidecar step is due now, oldest first, except those in `exclude`
+        (files already handed to a worker)."""
+        marks = ", ".join("?" * len(exclude))
+        return self._many(
+            f"SELECT * FROM files WHERE state IN (?, ?) AND next_attempt_at <= ? AND id NOT IN ({marks}) "
             "ORDER BY next_attempt_at, id LIMIT ?",
-            (PENDING, UPLOADED, now, limit + len(exclude)),
+            (PENDING, UPLOADED, now, *exclude, limit),
         )
-        return [row for row in rows if row.id not in exclude][:limit]
 
     def next_due_time(self) -> float | None:
         """The earliest next-attempt time of queued uploads and sidecars, None if none is queued."""
