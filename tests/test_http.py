@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
 
 from tests.imagegen import png
 from watchd.emulator import DEMO_SECRET_KEY, Emulator
@@ -230,3 +232,38 @@ def test_broken_answers_are_protocol_errors(client: HttpClient, answer: bytes) -
     for url in raw_server(answer):
         with pytest.raises(httpx.RemoteProtocolError):
             client.post(url, headers={}, content=b"hello")
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[str, trustme.CA]]:
+    """A Recorder behind TLS with a certificate for 127.0.0.1 from a throwaway CA."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("H", (Recorder,), {"seen": []}))
+    server.socket = server_context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}/v1", ca
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_is_verified_and_kept_alive(tls_server: tuple[str, trustme.CA]) -> None:
+    url, ca = tls_server
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    client = HttpClient(PooledTransport(ssl_context=trusting), timeout=5, environ_proxies={})
+    try:
+        ports = {client.post(url, headers={}, content=b"x").json()["port"] for _ in range(3)}
+    finally:
+        client.close()
+    assert len(ports) == 1
+
+
+def test_an_untrusted_certificate_is_a_connect_error(tls_server: tuple[str, trustme.CA]) -> None:
+    url, _ca = tls_server
+    client = HttpClient(timeout=5, environ_proxies={})  # the system's CAs: this one is unknown
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        client.post(url, headers={}, content=b"x")
+    client.close()

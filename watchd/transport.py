@@ -171,8 +171,9 @@ class PooledTransport(httpx.BaseTransport):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if scheme == "https":
-                    context = self._ssl_context or httpx.create_ssl_context()
-                    sock = context.wrap_socket(sock, server_hostname=host)
+                    if self._ssl_context is None:  # made once: loading the CA bundle takes ms
+                        self._ssl_context = httpx.create_ssl_context()
+                    sock = self._ssl_context.wrap_socket(sock, server_hostname=host)
             except BaseException:
                 sock.close()
                 raise
