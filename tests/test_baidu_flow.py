@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import png
+from watchd import pipeline as pipeline_module
 from watchd.config import load_settings
 from watchd.emulator import Emulator
 from watchd.engine import Engine
@@ -211,3 +212,33 @@ def test_moves_while_stopped_are_moves_not_deletions(
     assert not sidecar_of(public / "before.png").exists()
     moved = json.loads(sidecar_of(public / "later" / "after.png").read_text(encoding="utf-8"))
     assert moved["baidu"]["id"] == baidu_id and moved["name"] == "after.png"
+
+
+def test_only_sidecars_that_show_baidu_are_rewritten_after_the_push(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    as_json, as_text = tmp_path / "json", tmp_path / "txt"
+    as_json.mkdir()
+    as_text.mkdir()
+    for folder in (as_json, as_text):
+        for n in range(3):
+            (folder / f"img{n}.png").write_bytes(png(n + 1, 5))
+    config = write_config(
+        tmp_path / "config.yaml",
+        emulator,
+        [{"path": as_json}, {"path": as_text, "rules": {"sidecar": {"format": "txt"}}}],
+        state_dir=tmp_path / "state",
+    )
+    writes: list[Path] = []
+    real_write = pipeline_module.write_atomic
+
+    def counting_write(path: Path, text: str) -> None:  # a spy: the real write still happens
+        writes.append(path)
+        real_write(path, text)
+
+    monkeypatch.setattr(pipeline_module, "write_atomic", counting_write)
+    assert Engine(load_settings(config)).sync() == 0
+    assert sum(len(c.items) for c in pushes(emulator)) == 6
+    per_folder = {folder: sum(1 for w in writes if w.parent == folder) for folder in (as_json, as_text)}
+    assert per_folder == {as_json: 6, as_text: 3}  # json: written, then given baidu; txt: once
+    assert "baidu" in json.loads(sidecar_of(as_json / "img0.png").read_text(encoding="utf-8"))

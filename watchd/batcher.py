@@ -17,12 +17,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from watchd.errors import AlreadyDoneError, ConfigurationError, PermanentFileError, QuotaError, ServiceError
 from watchd.indexers.base import Indexer, ItemResult, PushItem
 from watchd.journal import FileRow, Journal, OutboxRow
 from watchd.pipeline import Pipeline, utc_now
 from watchd.quota import QuotaGate
+from watchd.sidecar import SHOWS_BAIDU
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +197,14 @@ class BaiduBatcher:
         log.info("Baidu %s: %d of %d items accepted", action, len(accepted), len(rows))
 
     def _refresh_sidecar(self, file_row: FileRow, pushed_at: str) -> None:
-        """Add `baidu: {id, pushed_at}` to the sidecar of a freshly submitted file."""
+        """Add `baidu: {id, pushed_at}` to the sidecar of a freshly submitted file (only the
+        formats that show it: rewriting the others would change nothing)."""
         if file_row.path is None or file_row.link is None:
             return
         try:
-            self.pipeline.write_sidecar(replace(file_row, pushed_at=pushed_at))
+            rules = self.pipeline.resolver.rules_for(Path(file_row.path))
+            if rules.sidecar_format in SHOWS_BAIDU:
+                self.pipeline.write_sidecar(replace(file_row, pushed_at=pushed_at), rules)
         except Exception as exc:  # the submission itself succeeded; the sidecar catches up later
             log.warning("submitted %s to Baidu but could not update its sidecar: %s", file_row.path, exc)
 

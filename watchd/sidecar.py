@@ -120,6 +120,7 @@ _RENDERERS: dict[str, Callable[[SidecarRecord], str]] = {
     "html": _html,
 }
 FORMATS: tuple[str, ...] = tuple(_RENDERERS)
+SHOWS_BAIDU = frozenset({"json"})  # the formats that show `baidu: {id, pushed_at}`
 
 
 def render_sidecar(fmt: str, record: SidecarRecord) -> str:
