@@ -108,10 +108,8 @@ def _fill_journal(state_dir: Path, tree: Path, emulator: Emulator, sidecars: boo
         db.execute("BEGIN")
         db.executemany(f"INSERT INTO files ({_FILE_COLUMNS}) VALUES ({', '.join('?' * 22)})", rows)
         db.execute(
-            f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) SELECT id, 'push', baidu_id, "
-            "json_object('id', baidu_id, 'title', last_path, 'objurl', link, 'fromurl', short_link, "
-            "'edit_time', mtime_ns / 1000000000, 'tags', json_array(), 'copyright', json('false'), "
-            f"'modify', json('false')), '{SENT}', 1, created_at, updated_at FROM files"
+            f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) SELECT id, 'push', baidu_id, NULL, '{SENT}', 1, "
+            "created_at, updated_at FROM files"  # a sent push keeps no payload
         )
         db.execute("COMMIT")
     finally:

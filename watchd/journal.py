@@ -586,11 +586,15 @@ class Journal:
                 self._count_quota(db, *quota, len(ids))
 
     def outbox_sent(self, rows: Sequence[OutboxRow], when: str) -> None:
-        """Baidu has these items (or, for deletes, no longer has them): one transaction."""
+        """Baidu has these items (or, for deletes, no longer has them): one transaction.
+
+        A sent item keeps its row (what was sent when) but not its payload, which nothing
+        reads again: ~1 KB a file that a journal of many files would otherwise keep forever.
+        """
         now = time.time()
         with self._write() as db:
             db.executemany(
-                "UPDATE outbox SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
+                "UPDATE outbox SET state = ?, payload = NULL, reason = NULL, updated_at = ? WHERE id = ?",
                 [(SENT, now, row.id) for row in rows],
             )
             db.executemany(
