@@ -15,7 +15,10 @@ import pytest
 
 from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import gif, jpeg, png
+from watchd import pipeline as pipeline_module
+from watchd.config import load_settings
 from watchd.emulator import Emulator
+from watchd.engine import Engine
 
 NAMES = [
     "sunset.png",
@@ -270,3 +273,25 @@ def test_a_broken_rule_file_fails_its_files_until_it_is_fixed(
     wait_for(lambda: sidecar_of(public / "albums" / "held.png").exists())
     assert [u.album for u in emulator.uploads() if u.name == "held.png"] == ["fixed01"]
     assert daemon.alive() and daemon.stop() == 0
+
+
+def test_a_bug_after_the_upload_does_not_upload_again(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "w"
+    folder.mkdir()
+    (folder / "cat.png").write_bytes(png(9, 9))
+    config = write_config(tmp_path / "config.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    now = [time.time()]
+
+    def broken_render(*_args: object) -> str:
+        raise RuntimeError("a bug in a sidecar renderer")
+
+    monkeypatch.setattr(pipeline_module, "render_sidecar", broken_render)
+    assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 1
+    assert len(emulator.uploads()) == 1 and not sidecar_of(folder / "cat.png").exists()
+    monkeypatch.undo()
+    now[0] += 61  # the internal error is retried after 60 s
+    assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 0
+    assert len(emulator.uploads()) == 1  # the sidecar was written from the recorded upload
+    assert json.loads(sidecar_of(folder / "cat.png").read_text())["link"] == emulator.uploads()[0].link

@@ -591,7 +591,9 @@ class Engine:
                 log.exception("internal error processing file #%d; retrying in 60 s", file_id)
                 outcome = "retry"
                 with contextlib.suppress(sqlite3.Error):
-                    self.journal.record_retry(file_id, j.PENDING, "internal", repr(exc), self.clock() + 60)
+                    row = self.journal.get_by_id(file_id)  # an upload already recorded is not sent again
+                    state = j.UPLOADED if row is not None and row.state == j.UPLOADED else j.PENDING
+                    self.journal.record_retry(file_id, state, "internal", repr(exc), self.clock() + 60)
             self._facts.put(_Done(file_id, outcome, path))
 
     def _finished(self, file_id: int, outcome: str, path: str | None) -> None:
