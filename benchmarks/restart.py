@@ -3,7 +3,7 @@
 Filling a journal through real uploads runs at the `throughput` rate (100,000 files would
 take many minutes), so the journal is written directly: `Journal` creates the real
 schema, then rows go in as a finished sync leaves them (state done, the file's size and
-mtime, upload fields, the sidecar path, a sent push in the Baidu outbox). The no-op
+mtime, upload fields, the sidecar path, `pushed_at`; a sent push leaves no outbox row). The no-op
 syncs prove the fill faithful: had any row not matched its file, watchd would upload it,
 and the scenario fails if the emulator saw a single request.
 
@@ -29,7 +29,7 @@ from benchmarks.fixtures import SIDECAR_SUFFIX, fresh_dir, new_emulator, write_c
 from benchmarks.harness import BenchmarkError, Scenario, Size, Target, say
 from tests.imagegen import png
 from watchd.emulator import Emulator
-from watchd.journal import DONE, JOURNAL_NAME, SENT, Journal
+from watchd.journal import DONE, JOURNAL_NAME, Journal
 
 PER_DIRECTORY = 1_000
 TIMEOUT = 600.0
@@ -42,7 +42,6 @@ _FILE_COLUMNS = (
     "short_link, resolution, uploaded_size, uploaded_at, uploaded_sha256, upload_count, sidecar_path, "
     "pushed_at, created_at, updated_at"
 )
-_OUTBOX_COLUMNS = "file_id, action, baidu_id, payload, state, attempts, created_at, updated_at"
 
 
 def run(size: Size, workdir: Path) -> Scenario:
@@ -107,10 +106,6 @@ def _fill_journal(state_dir: Path, tree: Path, emulator: Emulator, sidecars: boo
     try:
         db.execute("BEGIN")
         db.executemany(f"INSERT INTO files ({_FILE_COLUMNS}) VALUES ({', '.join('?' * 22)})", rows)
-        db.execute(
-            f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) SELECT id, 'push', baidu_id, NULL, '{SENT}', 1, "
-            "created_at, updated_at FROM files"  # a sent push keeps no payload
-        )
         db.execute("COMMIT")
     finally:
         db.close()

@@ -39,7 +39,6 @@ from watchd.schema import (  # re-exported: callers use journal.PENDING, journal
     PENDING,
     QUEUED,
     SENDING,
-    SENT,
     STATES,
     UPLOADED,
     UPLOADING,
@@ -60,7 +59,6 @@ __all__ = [
     "PENDING",
     "QUEUED",
     "SENDING",
-    "SENT",
     "STATES",
     "UPLOADED",
     "UPLOADING",
@@ -588,15 +586,11 @@ class Journal:
     def outbox_sent(self, rows: Sequence[OutboxRow], when: str) -> None:
         """Baidu has these items (or, for deletes, no longer has them): one transaction.
 
-        A sent item keeps its row (what was sent when) but not its payload, which nothing
-        reads again: ~1 KB a file that a journal of many files would otherwise keep forever.
+        A sent item leaves the outbox (the file's `pushed_at` says when): nothing reads it
+        again, and kept with its payload it cost ~1 KB a file for ever.
         """
-        now = time.time()
         with self._write() as db:
-            db.executemany(
-                "UPDATE outbox SET state = ?, payload = NULL, reason = NULL, updated_at = ? WHERE id = ?",
-                [(SENT, now, row.id) for row in rows],
-            )
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(row.id,) for row in rows])
             db.executemany(
                 "UPDATE files SET pushed_at = ? WHERE id = ?",
                 [(when if row.action == "push" else None, row.file_id) for row in rows],

@@ -77,6 +77,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # Finding a file's outbox items (on every re-upload and deletion) without a full scan.
     "CREATE INDEX outbox_file ON outbox (file_id)",
+    # Sent items now leave the outbox (Journal.outbox_sent); drop those kept before.
+    "DELETE FROM outbox WHERE state = 'sent'",
 )
 
 # File states.
@@ -91,7 +93,6 @@ STATES = (PENDING, UPLOADING, UPLOADED, DONE, FAILED, DELETED)
 # Outbox states.
 QUEUED = "queued"
 SENDING = "sending"
-SENT = "sent"
 HELD = "held"
 
 
