@@ -18,6 +18,7 @@ import pytest
 import trustme
 
 from tests.imagegen import png
+from watchd import transport as transport_module
 from watchd.emulator import DEMO_SECRET_KEY, Emulator
 from watchd.http import HttpClient
 from watchd.transport import JOIN_BODY_BELOW, PooledTransport
@@ -267,3 +268,18 @@ def test_an_untrusted_certificate_is_a_connect_error(tls_server: tuple[str, trus
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         client.post(url, headers={}, content=b"x")
     client.close()
+
+
+def test_an_oversized_answer_is_refused(client: HttpClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport_module, "MAX_BODY", 1000)
+    for url in raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000):
+        with pytest.raises(httpx.RemoteProtocolError, match="larger than"):
+            client.post(url, headers={}, content=b"hello")
+    for url in raw_server(b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * 5000):
+        with pytest.raises(httpx.RemoteProtocolError, match="larger than"):
+            client.post(url, headers={}, content=b"hello")
+    chunk = b"200\r\n" + b"x" * 512 + b"\r\n"  # two chunks of 512 bytes: 1,024 > 1,000
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 2 + b"0\r\n\r\n"
+    for url in raw_server(chunked):
+        with pytest.raises(httpx.RemoteProtocolError, match="larger than"):
+            client.post(url, headers={}, content=b"hello")

@@ -30,6 +30,7 @@ MAX_IDLE_PER_ORIGIN = 16
 JOIN_BODY_BELOW = 4 * 1024 * 1024  # smaller bodies leave with the headers in one write
 MAX_LINE = 65536  # longest status or header line accepted
 MAX_HEADERS = 100
+MAX_BODY = 16 * 1024 * 1024  # the services answer a few hundred bytes of JSON; anything huge is wrong
 
 _Origin = tuple[str, str, int]
 
@@ -46,8 +47,9 @@ class _Connection:
         """Not expired, and the server has not closed it (an idle socket that reads is at EOF)."""
         if time.monotonic() - self.idle_since > KEEPALIVE_EXPIRY:
             return False
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        return not readable
+        poller = select.poll()  # not select(): a daemon's sockets may be numbered past 1024
+        poller.register(self.sock, select.POLLIN)
+        return not poller.poll(0)
 
     def close(self) -> None:
         self.reader.close()
@@ -275,11 +277,14 @@ def _read_body(reader: BinaryIO, method: str, status: int, headers: list[tuple[b
         return _read_chunked(reader)
     length = _header(headers, b"content-length")
     if length is None:
-        return reader.read()  # until the server closes
+        content = reader.read(MAX_BODY + 1)  # until the server closes
+        _check_size(len(content))
+        return content
     try:
         size = int(length.split(b",")[0])
     except ValueError:
         raise httpx.RemoteProtocolError(f"bad Content-Length {length[:40]!r}") from None
+    _check_size(size)
     content = reader.read(size)
     if len(content) < size:
         raise httpx.RemoteProtocolError(f"answer ended after {len(content)} of {size} bytes")
@@ -288,6 +293,7 @@ def _read_body(reader: BinaryIO, method: str, status: int, headers: list[tuple[b
 
 def _read_chunked(reader: BinaryIO) -> bytes:
     parts: list[bytes] = []
+    total = 0
     while True:
         line = _read_line(reader)
         try:
@@ -298,11 +304,18 @@ def _read_chunked(reader: BinaryIO) -> bytes:
             while _read_line(reader) not in (b"\r\n", b"\n", b""):
                 pass  # trailers
             return b"".join(parts)
+        total += size
+        _check_size(total)
         chunk = reader.read(size)
         if len(chunk) < size:
             raise httpx.RemoteProtocolError("answer ended inside a chunk")
         parts.append(chunk)
         reader.readline(3)  # the CRLF after the chunk
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_BODY:
+        raise httpx.RemoteProtocolError(f"answer body larger than {MAX_BODY // 1024 // 1024} MB")
 
 
 def _raise_translated(exc: Exception, request: httpx.Request, *, connected: bool) -> NoReturn:
