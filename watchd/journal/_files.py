@@ -1,0 +1,298 @@
+"""The journal's files: reading them, and every step of their state machine."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Collection, Iterator, Sequence
+
+from watchd.journal._outbox import queue_outbox
+from watchd.journal._services import count_quota
+from watchd.journal._store import Store
+from watchd.schema import (
+    DELETED,
+    DONE,
+    FAILED,
+    HELD,
+    PENDING,
+    QUEUED,
+    SENDING,
+    UPLOADED,
+    UPLOADING,
+    FileRow,
+    UploadResult,
+    new_baidu_id,
+)
+
+
+class Files(Store):
+    """Files as the journal knows them: looked up, added, claimed, recorded, retired."""
+
+    def get(self, path: str) -> FileRow | None:
+        return self._one("SELECT * FROM files WHERE path = ?", (path,))
+
+    def get_by_id(self, file_id: int) -> FileRow | None:
+        return self._one("SELECT * FROM files WHERE id = ?", (file_id,))
+
+    def get_by_ids(self, file_ids: Collection[int]) -> dict[int, FileRow]:
+        """The rows of these files (those that still exist), by id: one query for a batch."""
+        marks = ", ".join("?" * len(file_ids))
+        return {
+            row.id: row for row in self._many(f"SELECT * FROM files WHERE id IN ({marks})", list(file_ids))
+        }
+
+    def under(self, directory: str) -> list[FileRow]:
+        """Live rows at or below `directory` (a directory path without trailing slash)."""
+        prefix = directory.rstrip("/") + "/"
+        return self._many(
+            "SELECT * FROM files WHERE path >= ? AND path < ? ORDER BY path",
+            (prefix, prefix[:-1] + "0"),
+        )
+
+    def iter_root(self, root: str, batch: int = 2000) -> Iterator[tuple[str, int, int, str, str | None]]:
+        """(path, size, mtime_ns, state, sidecar_path) of live rows under `root`, sorted by path.
+
+        Paged by key so memory stays bounded however large the journal is.
+        """
+        prefix = root.rstrip("/") + "/"
+        upper = prefix[:-1] + "0"
+        last = prefix
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT path, size, mtime_ns, state, sidecar_path FROM files WHERE path > ? AND path < ? "
+                    "ORDER BY path LIMIT ?",
+                    (last, upper, batch),
+                ).fetchall()
+            yield from rows
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    def due_uploads(self, now: float, limit: int, exclude: set[int]) -> list[FileRow]:
+        """Rows whose upload or sidecar step is due now, oldest first, except those in `exclude`
+        (files already handed to a worker)."""
+        marks = ", ".join("?" * len(exclude))
+        return self._many(
+            f"SELECT * FROM files WHERE state IN (?, ?) AND next_attempt_at <= ? AND id NOT IN ({marks}) "
+            "ORDER BY next_attempt_at, id LIMIT ?",
+            (PENDING, UPLOADED, now, *exclude, limit),
+        )
+
+    def next_due_time(self) -> float | None:
+        """The earliest next-attempt time of queued uploads and sidecars, None if none is queued."""
+        return self._minimum(
+            "SELECT MIN(next_attempt_at) FROM files WHERE state IN (?, ?)", (PENDING, UPLOADED)
+        )
+
+    def add(
+        self, path: str, root: str, size: int, mtime_ns: int, sha256: str | None, *, state: str = PENDING
+    ) -> FileRow:
+        """Record a file never seen before (a new stable Baidu id is minted)."""
+        now = time.time()
+        baidu_id = new_baidu_id()
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO files (path, last_path, root, state, size, mtime_ns, sha256, baidu_id, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (path, path, root, state, size, mtime_ns, sha256, baidu_id, now, now),
+            )
+        return FileRow.new(int(cur.lastrowid or 0), path, root, state, size, mtime_ns, sha256, baidu_id, now)
+
+    def requeue(self, file_id: int, size: int, mtime_ns: int, sha256: str | None) -> None:
+        """New content at a known path: upload again (same row, same Baidu id)."""
+        self._set(
+            file_id,
+            state=PENDING,
+            size=size,
+            mtime_ns=mtime_ns,
+            sha256=sha256,
+            error_kind=None,
+            reason=None,
+            attempts=0,
+            next_attempt_at=0.0,
+        )
+
+    def touch(self, file_id: int, size: int, mtime_ns: int) -> None:
+        """Same content, new size/mtime stamp (e.g. `touch`): remember it, do nothing else."""
+        self._set(file_id, size=size, mtime_ns=mtime_ns)
+
+    def claim_upload(self, file_id: int, sha256: str, quota: tuple[str, str] | None = None) -> None:
+        """Intent: this file's bytes (with `sha256`) are about to be sent.
+
+        `quota` (service, day) counts the send against that day's quota in the same
+        transaction (see `QuotaGate.reserve`).
+        """
+        with self._write() as db:
+            db.execute(
+                "UPDATE files SET state = ?, sha256 = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE id = ?",
+                (UPLOADING, sha256, time.time(), file_id),
+            )
+            if quota is not None:
+                count_quota(db, *quota, 1)
+
+    def record_uploaded(self, file_id: int, upload: UploadResult) -> None:
+        """The upload succeeded; the sidecar is still to be written."""
+        with self._write() as db:
+            self._set_uploaded(db, file_id, upload)
+
+    def record_done(
+        self, file_id: int, sidecar_path: str, push: dict[str, object] | None, push_error: str | None = None
+    ) -> None:
+        """Sidecar written; with `push`, queue the Baidu submission in the same transaction.
+
+        `push_error` records a submission that failed local validation (never sent).
+        """
+        with self._write() as db:
+            self._set_done(db, file_id, sidecar_path, push, push_error)
+
+    def record_published(
+        self,
+        file_id: int,
+        upload: UploadResult,
+        sidecar_path: str,
+        push: dict[str, object] | None,
+        push_error: str | None = None,
+    ) -> None:
+        """`record_uploaded` and `record_done` in one transaction, for a sidecar written
+        straight after its upload."""
+        with self._write() as db:
+            self._set_uploaded(db, file_id, upload)
+            self._set_done(db, file_id, sidecar_path, push, push_error)
+
+    @staticmethod
+    def _set_uploaded(db: sqlite3.Connection, file_id: int, upload: UploadResult) -> None:
+        uploaded = upload.uploaded
+        db.execute(
+            "UPDATE files SET state = ?, host = ?, remote_id = ?, link = ?, short_link = ?, "
+            "resolution = ?, uploaded_size = ?, uploaded_at = ?, uploaded_sha256 = ?, "
+            "upload_count = upload_count + 1, error_kind = NULL, reason = NULL, attempts = 0, "
+            "next_attempt_at = 0, updated_at = ? WHERE id = ?",
+            (
+                UPLOADED,
+                upload.host,
+                uploaded.remote_id,
+                uploaded.link,
+                uploaded.short_link,
+                uploaded.resolution,
+                uploaded.size,
+                upload.when,
+                upload.sha256,
+                time.time(),
+                file_id,
+            ),
+        )
+
+    def _set_done(
+        self,
+        db: sqlite3.Connection,
+        file_id: int,
+        sidecar_path: str,
+        push: dict[str, object] | None,
+        push_error: str | None,
+    ) -> None:
+        now = time.time()
+        db.execute(
+            "UPDATE files SET state = ?, sidecar_path = ?, error_kind = NULL, reason = NULL, "
+            "attempts = 0, next_attempt_at = 0, updated_at = ? WHERE id = ?",
+            (DONE, sidecar_path, now, file_id),
+        )
+        if push is None and push_error is None:
+            return
+        baidu_id = str(push["id"]) if push is not None else self._baidu_id(db, file_id)
+        if push is not None:
+            queue_outbox(db, file_id, "push", baidu_id, push, now)
+        else:
+            queue_outbox(db, file_id, "push", baidu_id, None, now, FAILED, push_error)
+
+    @staticmethod
+    def _baidu_id(db: sqlite3.Connection, file_id: int) -> str:
+        return str(db.execute("SELECT baidu_id FROM files WHERE id = ?", (file_id,)).fetchone()[0])
+
+    def record_retry(self, file_id: int, state: str, kind: str, reason: str, at: float) -> None:
+        """Put the file back to `state` (pending or uploaded) to be tried again at `at`."""
+        self._set(file_id, state=state, error_kind=kind, reason=reason, next_attempt_at=at)
+
+    def record_failed(self, file_id: int, kind: str, reason: str) -> None:
+        """A permanent failure: never retried automatically (`watchd retry` does it)."""
+        self._set(file_id, state=FAILED, error_kind=kind, reason=reason)
+
+    def record_failed_new(
+        self, path: str, root: str, size: int, mtime_ns: int, reason: str, kind: str = "permanent"
+    ) -> FileRow:
+        """A file that failed before it was ever queued (bad input): a row so `status` shows it."""
+        row = self.get(path)
+        if row is None:
+            row = self.add(path, root, size, mtime_ns, None, state=FAILED)
+        self._set(row.id, state=FAILED, size=size, mtime_ns=mtime_ns, error_kind=kind, reason=reason)
+        return self.get_by_id(row.id) or row
+
+    def failed_by_rules(self, directory: str) -> list[FileRow]:
+        """Files at or below `directory` that failed because a rule file was broken."""
+        return [row for row in self.under(directory) if row.state == FAILED and row.error_kind == "rules"]
+
+    def move(self, file_id: int, new_path: str, root: str, sidecar_path: str | None) -> None:
+        """The original was renamed or moved inside the watched folders."""
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM files WHERE path = ? AND id != ? AND state = ?", (new_path, file_id, FAILED)
+            )
+            db.execute(
+                "UPDATE files SET path = ?, last_path = ?, root = ?, sidecar_path = ?, missing_since = NULL, "
+                "updated_at = ? "
+                "WHERE id = ?",
+                (new_path, new_path, root, sidecar_path, time.time(), file_id),
+            )
+
+    def forget(self, file_id: int) -> None:
+        """Drop every trace of a file (`watchd forget`): it will be treated as new if seen again."""
+        with self._write() as db:
+            db.execute("DELETE FROM outbox WHERE file_id = ?", (file_id,))
+            db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+
+    def tombstone(self, file_id: int, withdraw: bool) -> None:
+        """The original is gone: keep the row (path NULL) and, if asked, queue its withdrawal.
+
+        A push still waiting in the outbox is cancelled instead: nothing to withdraw then.
+        Only what Baidu may hold (pushed, or a push in flight) is withdrawn.
+        """
+        now = time.time()
+        with self._write() as db:
+            db.execute(
+                "UPDATE files SET path = NULL, state = ?, missing_since = NULL, updated_at = ? WHERE id = ?",
+                (DELETED, now, file_id),
+            )
+            db.execute(
+                "DELETE FROM outbox WHERE file_id = ? AND action = 'push' AND state IN (?, ?, ?)",
+                (file_id, QUEUED, HELD, FAILED),
+            )
+            row = db.execute("SELECT baidu_id, pushed_at FROM files WHERE id = ?", (file_id,)).fetchone()
+            in_flight = db.execute(
+                "SELECT 1 FROM outbox WHERE file_id = ? AND action = 'push' AND state = ?", (file_id, SENDING)
+            ).fetchone()
+            if withdraw and row and (row[1] is not None or in_flight):
+                queue_outbox(db, file_id, "delete", row[0], None, now)
+
+    def release_deferred(self, kind: str) -> int:
+        """Make files deferred for `kind` (e.g. a configuration pause) due again now."""
+        with self._write() as db:
+            return db.execute(
+                "UPDATE files SET next_attempt_at = 0 WHERE state IN (?, ?) AND error_kind = ?",
+                (PENDING, UPLOADED, kind),
+            ).rowcount
+
+    def retry_failed(self, paths: Sequence[str] | None = None) -> int:
+        """Queue failed files (all, or those at `paths`) again; returns how many."""
+        sql = "UPDATE files SET state = ?, attempts = 0, next_attempt_at = 0 WHERE state = ?"
+        args: list[object] = [PENDING, FAILED]
+        with self._write() as db:
+            if paths is None:
+                n = db.execute(sql, args).rowcount
+                n += db.execute(
+                    "UPDATE outbox SET state = ?, next_attempt_at = 0 "
+                    "WHERE state = ? AND payload IS NOT NULL",
+                    (QUEUED, FAILED),
+                ).rowcount
+                return n
+            return sum(db.execute(sql + " AND path = ?", (*args, path)).rowcount for path in paths)

@@ -1,0 +1,127 @@
+"""The journal's Baidu outbox: push and delete intents, one row per item, until sent."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from watchd.journal._services import count_quota
+from watchd.journal._store import Store
+from watchd.schema import FAILED, HELD, QUEUED, SENDING, OutboxRow
+
+
+def queue_outbox(
+    db: sqlite3.Connection,
+    file_id: int,
+    action: str,
+    baidu_id: str,
+    payload: dict[str, object] | None,
+    now: float,
+    state: str = QUEUED,
+    reason: str | None = None,
+) -> None:
+    """Queue `action` for a file in `db`'s open transaction, replacing its unsent one."""
+    db.execute(
+        "DELETE FROM outbox WHERE file_id = ? AND action = ? AND state IN (?, ?, ?)",
+        (file_id, action, QUEUED, HELD, FAILED),
+    )
+    db.execute(
+        "INSERT INTO outbox (file_id, action, baidu_id, payload, state, reason, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (file_id, action, baidu_id, json.dumps(payload) if payload else None, state, reason, now, now),
+    )
+
+
+class Outbox(Store):
+    """Baidu items from queued to sending to gone (sent) or failed."""
+
+    def due_outbox(self, action: str, now: float, limit: int) -> list[OutboxRow]:
+        return self._outbox_rows(
+            "state = ? AND action = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+            (QUEUED, action, now, limit),
+        )
+
+    def _outbox_rows(self, where: str, args: Sequence[object]) -> list[OutboxRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, file_id, action, baidu_id, payload, state, attempts, next_attempt_at, reason "
+                f"FROM outbox WHERE {where}",
+                args,
+            ).fetchall()
+        return [
+            OutboxRow(
+                id=r[0],
+                file_id=r[1],
+                action=r[2],
+                baidu_id=r[3],
+                payload=json.loads(r[4]) if r[4] else None,
+                state=r[5],
+                attempts=r[6],
+                next_attempt_at=r[7],
+                reason=r[8],
+            )
+            for r in rows
+        ]
+
+    def outbox_depth(self, action: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM outbox WHERE state IN (?, ?, ?)"
+        args: list[object] = [QUEUED, SENDING, HELD]
+        if action:
+            sql += " AND action = ?"
+            args.append(action)
+        with self._lock:
+            return int(self._db.execute(sql, args).fetchone()[0])
+
+    def next_outbox_time(self) -> float | None:
+        """The earliest next-attempt time of queued Baidu items, None if none is queued."""
+        return self._minimum("SELECT MIN(next_attempt_at) FROM outbox WHERE state = ?", (QUEUED,))
+
+    def mark_sending(self, ids: Sequence[int], quota: tuple[str, str] | None = None) -> None:
+        """Intent: these outbox items are about to be sent; `quota` (service, day) counts
+        them against that day's quota in the same transaction."""
+        with self._write() as db:
+            db.executemany(
+                "UPDATE outbox SET state = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                [(SENDING, time.time(), i) for i in ids],
+            )
+            if quota is not None:
+                count_quota(db, *quota, len(ids))
+
+    def outbox_sent(self, rows: Sequence[OutboxRow], when: str) -> None:
+        """Baidu has these items (or, for deletes, no longer has them): one transaction.
+
+        A sent item leaves the outbox (the file's `pushed_at` says when): nothing reads it
+        again, and kept with its payload it cost ~1 KB a file for ever.
+        """
+        with self._write() as db:
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(row.id,) for row in rows])
+            db.executemany(
+                "UPDATE files SET pushed_at = ? WHERE id = ?",
+                [(when if row.action == "push" else None, row.file_id) for row in rows],
+            )
+
+    def outbox_retry(self, ids: Sequence[int], reason: str, at: float) -> None:
+        with self._write() as db:
+            db.executemany(
+                "UPDATE outbox SET state = ?, reason = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                [(QUEUED, reason, at, time.time(), i) for i in ids],
+            )
+
+    def outbox_failed(self, row: OutboxRow, reason: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE outbox SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
+                (FAILED, reason, time.time(), row.id),
+            )
+
+    def requeue_sending(self) -> int:
+        """Outbox items marked "sending" whose call is over (or died) go back to the queue."""
+        with self._write() as db:
+            return db.execute(
+                "UPDATE outbox SET state = ?, next_attempt_at = 0 WHERE state = ?", (QUEUED, SENDING)
+            ).rowcount
+
+    def outbox_failures(self, limit: int = 20) -> list[OutboxRow]:
+        return self._outbox_rows("state = ? ORDER BY updated_at DESC LIMIT ?", (FAILED, limit))

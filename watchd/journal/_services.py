@@ -1,0 +1,57 @@
+"""The journal's services: pauses (quota until its reset, configuration until a reload) and
+the per-day quota counters."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from watchd.journal._store import Store
+from watchd.schema import ServicePause
+
+
+def count_quota(db: sqlite3.Connection, service: str, day: str, n: int) -> None:
+    """Add `n` to the day's use of `service`, in `db`'s open transaction."""
+    db.execute(
+        "INSERT INTO quota (service, day, used) VALUES (?, ?, ?) "
+        "ON CONFLICT (service, day) DO UPDATE SET used = used + excluded.used",
+        (service, day, n),
+    )
+
+
+class Services(Store):
+    """Paused services and today's use of each quota."""
+
+    def pause(self, name: str, kind: str, until: float | None, reason: str) -> None:
+        with self._write() as db:
+            self._pauses = None
+            db.execute(
+                "INSERT INTO services (name, paused_until, pause_kind, reason, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "paused_until = excluded.paused_until, pause_kind = excluded.pause_kind, "
+                "reason = excluded.reason, updated_at = excluded.updated_at",
+                (name, until, kind, reason, time.time()),
+            )
+
+    def resume(self, name: str) -> None:
+        with self._write() as db:
+            self._pauses = None
+            db.execute("DELETE FROM services WHERE name = ?", (name,))
+
+    def pauses(self) -> list[ServicePause]:
+        """The paused services. Asked before every send, so kept in memory between changes,
+        which only this process makes (one watchd per journal)."""
+        with self._lock:
+            if self._pauses is None:
+                rows = self._db.execute(
+                    "SELECT name, pause_kind, paused_until, reason FROM services ORDER BY name"
+                ).fetchall()
+                self._pauses = [ServicePause(*row) for row in rows]
+            return list(self._pauses)
+
+    def quota_used(self, service: str, day: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT used FROM quota WHERE service = ? AND day = ?", (service, day)
+            ).fetchone()
+        return int(row[0]) if row else 0

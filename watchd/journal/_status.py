@@ -1,0 +1,44 @@
+"""The journal's summaries, for `watchd status`, STATUS= and metrics."""
+
+from __future__ import annotations
+
+from watchd.journal._store import Store
+from watchd.schema import FAILED, PENDING, STATES, UPLOADED, FileRow
+
+
+class Status(Store):
+    """Counts per state and folder, and the latest failures."""
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
+        counts = dict.fromkeys(STATES, 0)
+        counts.update({state: n for state, n in rows})
+        return counts
+
+    def live_count(self, root: str) -> int:
+        """Files the journal knows in one watched folder (vanished ones included, tombstones not)."""
+        with self._lock:
+            return int(
+                self._db.execute(
+                    "SELECT COUNT(*) FROM files WHERE root = ? AND path IS NOT NULL", (root,)
+                ).fetchone()[0]
+            )
+
+    def counts_by_root(self) -> dict[str, dict[str, int]]:
+        """Live files per watched folder and state (tombstones have no folder any more)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT root, state, COUNT(*) FROM files WHERE path IS NOT NULL GROUP BY root, state"
+            ).fetchall()
+        result: dict[str, dict[str, int]] = {}
+        for root, state, n in rows:
+            result.setdefault(root, dict.fromkeys(STATES, 0))[state] = n
+        return result
+
+    def recent_failures(self, limit: int = 20) -> list[FileRow]:
+        return self._many(
+            "SELECT * FROM files WHERE state = ? OR (state IN (?, ?) AND reason IS NOT NULL) "
+            "ORDER BY updated_at DESC LIMIT ?",
+            (FAILED, PENDING, UPLOADED, limit),
+        )
