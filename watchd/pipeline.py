@@ -58,15 +58,6 @@ TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", "~", "
 CONFIG_PAUSE_RECHECK = 3600.0
 
 
-class Unread(enum.Enum):
-    """The journal row was not read yet (`None` means: read, and there is none)."""
-
-    UNREAD = "unread"
-
-
-UNREAD = Unread.UNREAD
-
-
 class Intake(enum.Enum):
     """What `intake` made of a path."""
 
@@ -118,10 +109,11 @@ class Pipeline:
     def folder_for(self, path: str) -> FolderSettings | None:
         return self.resolver.folder_for(Path(path))
 
-    def intake(self, path: str, *, settled: bool, row: FileRow | Unread | None = UNREAD) -> Intake:
+    def intake(self, path: str, *, settled: bool, row: FileRow | None) -> Intake:
         """Decide what a finished (or, unless `settled`, possibly unfinished) file needs.
 
-        `row` is the file's journal row when the caller has just read it.
+        `row` is the file's journal row (None: the journal does not know it), which the
+        caller has just read.
         """
         folder = self.folder_for(path)
         if folder is None or not candidate_name(os.path.basename(path)):
@@ -141,8 +133,6 @@ class Pipeline:
             return self._reject(path, root, None, f"cannot read {path}: {exc.strerror}; fix its permissions")
         if not stat.S_ISREG(info.st_mode):
             return Intake.IGNORED
-        if isinstance(row, Unread):
-            row = self.journal.get(path)
         if row is not None and row.missing_since is not None:
             self.journal.mark_missing(row.id, None)
         if row is not None and (row.size, row.mtime_ns) == (info.st_size, info.st_mtime_ns):
