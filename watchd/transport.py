@@ -128,7 +128,7 @@ class PooledTransport(httpx.BaseTransport):
             content = _read_body(connection.reader, request.method, status, headers)
         except Exception as exc:
             connection.close()
-            if not answered and body.resendable and isinstance(exc, _DEAD_CONNECTION):
+            if not answered and not body.streamed and isinstance(exc, _DEAD_CONNECTION):
                 raise _StaleConnection(exc) from exc
             _raise_translated(exc, request, connected=True)
         except BaseException:
@@ -199,12 +199,10 @@ class _Body:
         self.streamed = length is not None and int(length) > JOIN_BODY_BELOW
         self.data = b"" if self.streamed else b"".join(self.chunks)
         self.measured = length is None and bool(self.data)
-        self.resendable = not self.streamed
 
     def send(self, sock: socket.socket, head: bytes) -> None:
         sock.sendall(head + self.data)
         if self.streamed:
-            self.resendable = False
             for chunk in self.chunks:
                 sock.sendall(chunk)
 
