@@ -106,10 +106,9 @@ def load_image(path: Path, max_bytes: int = MAX_BYTES) -> LoadedImage:
     bytes (most web images), which spares two opens and a second pass; larger files are
     inspected and hashed from disk as before, never read whole. Raises as `inspect_image`."""
     with _opened(path) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size <= READ_WHOLE_BELOW:
-            content = f.read(READ_WHOLE_BELOW + 1)
-    if size > READ_WHOLE_BELOW or len(content) > READ_WHOLE_BELOW:  # large, or grew meanwhile
+        small = os.fstat(f.fileno()).st_size <= READ_WHOLE_BELOW
+        content = f.read(READ_WHOLE_BELOW + 1) if small else None
+    if content is None or len(content) > READ_WHOLE_BELOW:  # large, or grew meanwhile
         return LoadedImage(inspect_image(path, max_bytes), sha256_file(path), None)
     info = _inspect(io.BytesIO(content), len(content), path, max_bytes)
     return LoadedImage(info, hashlib.sha256(content).hexdigest(), content)
