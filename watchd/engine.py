@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -28,6 +28,7 @@ from watchd import journal as j
 from watchd.batcher import SERVICE as BAIDU
 from watchd.batcher import BaiduBatcher
 from watchd.config import Settings, load_settings
+from watchd.departures import Departures, FolderAvailability
 from watchd.errors import ConfigError
 from watchd.guard import DeleteGuard
 from watchd.hosts.base import Host
@@ -37,13 +38,15 @@ from watchd.indexers.baidu import BaiduIndexer
 from watchd.instance import InstanceLock
 from watchd.journal import Journal
 from watchd.logs import add_secrets
-from watchd.metrics import Metrics, MetricsServer
+from watchd.metrics import GaugeValues, Metrics, MetricsServer, journal_gauges
 from watchd.pipeline import Intake, Pipeline, candidate_name
 from watchd.quota import QuotaGate
 from watchd.rules import RULE_FILE_NAME
 from watchd.scan import reconcile
+from watchd.settling import Settler
 from watchd.systemd import Notifier, WatchdogPinger
 from watchd.watcher import Changed, DirGone, Fact, Finished, FolderWatcher, Gone, Moved, Rescan, WatchSpec
+from watchd.workers import Done, UploadWorkers
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,6 @@ ROOT_CHECK_INTERVAL = 5.0
 JOURNAL_RETRY_SECONDS = 5.0
 STATUS_INTERVAL = 1.0
 TAKE_IN_CHUNK = 32
-PREFETCH = 2  # files dispatched per upload worker: one running, one waiting in the queue
 
 
 class Progress(Protocol):
@@ -60,15 +62,6 @@ class Progress(Protocol):
     def found(self, n: int) -> None: ...
 
     def advance(self, outcome: str, path: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class _Done:
-    """A worker finished one file."""
-
-    file_id: int
-    outcome: str
-    path: str | None = None  # where the file was when dispatched
 
 
 @dataclass(frozen=True)
@@ -115,22 +108,26 @@ class Engine:
         self.outcomes: Counter[str] = Counter()
         self.left_queued = 0
         self.last_error = ""
-        self._facts: queue.SimpleQueue[Fact | _Done | _TakeIn | _Control] = queue.SimpleQueue()
-        self._work: queue.SimpleQueue[tuple[int, str | None] | None] = queue.SimpleQueue()
-        self._in_flight: set[int] = set()
-        self._dispatched_at: dict[int, float] = {}
+        self._facts: queue.SimpleQueue[Fact | Done | _TakeIn | _Control] = queue.SimpleQueue()
+        self._stopping = False
+        self.workers = UploadWorkers(
+            settings.concurrency,
+            lambda file_id: self.pipeline.process(file_id),
+            self._facts.put,
+            self.journal,
+            stopping=lambda: self._stopping,
+            clock=clock,
+        )
+        self._settler = Settler(settings.settle, clock)
+        self._available = FolderAvailability()
         self._status_dirty = False
         self._status_sent = 0.0
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
         self._dirty: set[int] = set()
-        self._settling: dict[str, tuple[int, int, float]] = {}
-        self._unavailable: set[str] = set()
         self._watched_roots: set[str] = set()
         self._next_root_check = 0.0
         self._next_rescan = clock() + _jittered(settings.rescan_interval)
-        self._stopping = False
-        self._workers: list[threading.Thread] = []
         self._batcher_thread: threading.Thread | None = None
         self.watcher: FolderWatcher | None = None
         self.batcher: BaiduBatcher | None = None
@@ -150,12 +147,14 @@ class Engine:
             for name, host in settings.hosts.items()
         }
         self.settings = settings
-        self.guard = DeleteGuard(
+        self._settler.settle = settings.settle
+        guard = DeleteGuard(
             max_files=settings.delete_guard.max_files,
             max_percent=settings.delete_guard.max_percent,
             window=settings.delete_guard.window,
             clock=self.clock,
         )
+        self.departures = Departures(self.journal, guard, self._available, grace=self.grace, clock=self.clock)
         self.pipeline = Pipeline(settings, self.journal, hosts, clock=self.clock, sleep=self.sleep)
         self.batcher = None
         if settings.baidu is not None:
@@ -181,10 +180,7 @@ class Engine:
         return [WatchSpec(f.path, f.recursive, f.poll, f.poll_interval) for f in self.settings.folders]
 
     def _start_threads(self, *, watch: bool) -> None:
-        for n in range(self.settings.concurrency):
-            worker = threading.Thread(target=self._worker, name=f"upload-{n}", daemon=True)
-            worker.start()
-            self._workers.append(worker)
+        self.workers.start()
         self._start_batcher()
         if watch:
             self._restart_watcher()
@@ -256,30 +252,12 @@ class Engine:
             return
         log.info("metrics at http://%s:%d/metrics", host, self._metrics_server.port)
 
-    def _gauges(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    def _gauges(self) -> GaugeValues:
         """The journal's view, read at scrape time (the metrics thread; the journal locks)."""
-        counts = self.journal.counts()
-        paused = {pause.name for pause in self.journal.pauses()}
         services = [*self.pipeline.quotas.values()]
         if self.batcher is not None:
             services.append(self.batcher.quota)
-        return {
-            "watchd_files": {(("state", state),): float(n) for state, n in counts.items()},
-            "watchd_queue": {
-                (("queue", "uploads"),): float(counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]),
-                (("queue", "baidu_push"),): float(self.journal.outbox_depth("push")),
-                (("queue", "baidu_delete"),): float(self.journal.outbox_depth("delete")),
-            },
-            "watchd_quota_used_today": {(("service", g.service),): float(g.used_today()) for g in services},
-            "watchd_quota_remaining": {
-                (("service", g.service),): float(left)
-                for g in services
-                if (left := g.remaining()) is not None
-            },
-            "watchd_service_paused": {
-                (("service", g.service),): float(g.service in paused) for g in services
-            },
-        }
+        return journal_gauges(self.journal, services)
 
     def _release_configuration_pauses(self) -> None:
         """A new configuration (a start or a reload) deserves a new try; quota pauses stay."""
@@ -339,11 +317,12 @@ class Engine:
             except queue.Empty:
                 fact = None
         now = self.clock()
-        self._check_settling(now)
+        for path in self._settler.settled(now):
+            self._intake(path, settled=True)
         if self.watcher is not None:
             self._check_roots(now)
             self._periodic_rescan(now)
-        self._check_missing(now, force=until_idle)
+        self._retire_departed(now, force=until_idle)
         self._dispatch(now)
         return until_idle and self._idle(now)
 
@@ -363,7 +342,7 @@ class Engine:
         self.notifier.status(f"journal not writable: {exc}")
         time.sleep(JOURNAL_RETRY_SECONDS)
         try:
-            self.journal.recover(exclude=self._in_flight, outbox=False)
+            self.journal.recover(exclude=self.workers.in_flight, outbox=False)
         except sqlite3.Error:
             return
         for folder in self.settings.folders:
@@ -371,11 +350,10 @@ class Engine:
 
     def _timeout(self) -> float:
         now = self.clock()
-        deadlines = [deadline for _s, _m, deadline in self._settling.values()]
+        deadlines = self._settler.deadlines()
         if self.watcher is not None:
             deadlines += [self._next_root_check, self._next_rescan]
-        due = self.journal.next_due_time()
-        if due is not None and len(self._in_flight) < self.settings.concurrency * PREFETCH:
+        if self.workers.free() > 0 and (due := self.journal.next_due_time()) is not None:
             deadlines.append(due)
         if self.journal.missing(older_than=now):
             deadlines.append(now + self.grace)
@@ -384,27 +362,27 @@ class Engine:
         interval = self.notifier.watchdog_interval()
         return max(0.005, min([30.0, (interval or 30.0), *(d - now for d in deadlines)]))
 
-    def _handle(self, fact: Fact | _Done | _TakeIn | _Control) -> None:
+    def _handle(self, fact: Fact | Done | _TakeIn | _Control) -> None:
         match fact:
             case Finished(path) | Changed(path) | Gone(path) if os.path.basename(path) == RULE_FILE_NAME:
                 for again in self.pipeline.rule_file_changed(path):
                     self._intake(again, settled=False)
             case Finished(path):
-                self._settling.pop(path, None)
+                self._settler.forget(path)
                 self._intake(path, settled=False)
             case Changed(path):
                 self._note_change(path)
             case Moved(src, dest):
                 self._moved(src, dest)
             case Gone(path):
-                self._gone([self.journal.get(path)])
+                self.departures.gone([self.journal.get(path)])
             case DirGone(path):
                 if any(str(f.path) == path for f in self.settings.folders):
                     log.error(
                         "watched folder %s disappeared: nothing is withdrawn; restore or remount it", path
                     )
                 else:
-                    self._gone(self.journal.under(path))
+                    self.departures.gone(self.journal.under(path))
             case Rescan(path):
                 self._rescan(path)
             case _TakeIn(paths):
@@ -412,7 +390,7 @@ class Engine:
                     for file_path in paths:
                         self._intake(file_path, settled=False)
                 self._dispatch(self.clock())
-            case _Done(file_id, outcome, path):
+            case Done(file_id, outcome, path):
                 self._finished(file_id, outcome, path)
             case _Control("stop"):
                 self._stopping = True
@@ -421,7 +399,7 @@ class Engine:
 
     def _intake(self, path: str, *, settled: bool) -> None:
         row = self.journal.get(path)
-        if row is not None and row.id in self._in_flight:
+        if row is not None and row.id in self.workers.in_flight:
             self._dirty.add(row.id)
             return
         result = self.pipeline.intake(path, settled=settled, row=row)
@@ -431,29 +409,8 @@ class Engine:
             self._count("failed", path)
 
     def _note_change(self, path: str) -> None:
-        if not candidate_name(os.path.basename(path)):
-            return
-        try:
-            info = os.stat(path)
-        except OSError:
-            self._settling.pop(path, None)
-            return
-        self._settling[path] = (info.st_size, info.st_mtime_ns, self.clock() + self.settings.settle)
-
-    def _check_settling(self, now: float) -> None:
-        for path, (size, mtime, deadline) in list(self._settling.items()):
-            if deadline > now:
-                continue
-            try:
-                info = os.stat(path)
-            except OSError:
-                del self._settling[path]
-                continue
-            if (info.st_size, info.st_mtime_ns) == (size, mtime):
-                del self._settling[path]
-                self._intake(path, settled=True)
-            else:
-                self._settling[path] = (info.st_size, info.st_mtime_ns, now + self.settings.settle)
+        if candidate_name(os.path.basename(path)):
+            self._settler.changed(path)
 
     def _moved(self, src: str, dest: str) -> None:
         row = self.journal.get(src)
@@ -463,57 +420,21 @@ class Engine:
             self._intake(dest, settled=False)
             return
         if self.pipeline.folder_for(dest) is None or not candidate_name(os.path.basename(dest)):
-            self._gone([row])
+            self.departures.gone([row])
             return
         self.pipeline.move(row, dest)
 
-    def _gone(self, rows: Sequence[j.FileRow | None]) -> None:
-        now = self.clock()
-        for row in rows:
-            if row is not None and row.path is not None and row.missing_since is None:
-                self.journal.mark_missing(row.id, now)
-
-    def _check_missing(self, now: float, *, force: bool) -> None:
-        """Retire vanished files whose grace is over, unless their folder is unavailable or
-        the mass-delete guard holds them."""
-        fresh: list[j.FileRow] = []
-        confirmed: list[j.FileRow] = []
-        for row in self.journal.missing(older_than=now if force else now - self.grace):
-            if row.path is not None and os.path.lexists(row.path):
-                self.journal.mark_missing(row.id, None)
-            elif row.id not in self._in_flight and self._root_available(row.root):
-                (confirmed if row.delete_held == 2 else fresh).append(row)
-        allowed, held = self.guard.admit(fresh, self.journal.live_count)
-        if held:
-            self.journal.hold_deletes([row.id for row in held])
-            log.error(
-                "%d files vanished at once from %s: their withdrawal is held. If the deletions are "
-                "intended, run `watchd confirm-deletes`; otherwise restore the files",
-                len(held),
-                ", ".join(sorted({row.root for row in held})),
-            )
-        for row in confirmed + allowed:
+    def _retire_departed(self, now: float, *, force: bool) -> None:
+        for row in self.departures.due(now, force=force, in_flight=self.workers.in_flight):
             if self.pipeline.retire(row) and self.batcher is not None:
                 self.batcher.wake()
-
-    def _root_available(self, root: str) -> bool:
-        """A watched folder that is missing or unreadable is unavailable, never deleted."""
-        available = os.path.isdir(root) and os.access(root, os.R_OK | os.X_OK)
-        if not available and root not in self._unavailable:
-            log.error(
-                "watched folder %s is unavailable (unmounted? detached?): nothing is withdrawn "
-                "until it is back",
-                root,
-            )
-        (self._unavailable.add if not available else self._unavailable.discard)(root)
-        return available
 
     def _check_roots(self, now: float) -> None:
         """Every few seconds: a folder that vanished or came back gets its watches renewed."""
         if now < self._next_root_check:
             return
         self._next_root_check = now + ROOT_CHECK_INTERVAL
-        available = {str(f.path) for f in self.settings.folders if self._root_available(str(f.path))}
+        available = {str(f.path) for f in self.settings.folders if self._available(str(f.path))}
         if available == self._watched_roots:
             return
         back = available - self._watched_roots
@@ -542,7 +463,7 @@ class Engine:
         if folder is None:
             return
         root = Path(path)
-        if not self._root_available(str(folder.path)):
+        if not self._available(str(folder.path)):
             return
         found: list[str] = []
         now = self.clock()
@@ -565,42 +486,14 @@ class Engine:
 
     def _dispatch(self, now: float) -> None:
         """Hand due files to the workers, keeping each one's next file queued behind it."""
-        free = self.settings.concurrency * PREFETCH - len(self._in_flight)
-        if free <= 0 or self._stopping:
-            return
-        for row in self.journal.due_uploads(now, free, self._in_flight):
-            self._in_flight.add(row.id)
-            self._dispatched_at[row.id] = time.monotonic()
-            self._work.put((row.id, row.path))
-
-    def _worker(self) -> None:
-        while True:
-            work = self._work.get()
-            if work is None:
-                return
-            file_id, path = work
-            if self._stopping:  # not started: it stays queued in the journal for the next run
-                self._facts.put(_Done(file_id, "skipped", path))
-                continue
-            try:
-                outcome = self.pipeline.process(file_id)
-            except sqlite3.Error as exc:  # the journal is not writable: the loop backs off
-                log.error("cannot record the work on file #%d in the journal: %s", file_id, exc)
-                outcome = "journal"
-            except Exception as exc:  # a bug must not kill the worker or lose the file
-                log.exception("internal error processing file #%d; retrying in 60 s", file_id)
-                outcome = "retry"
-                with contextlib.suppress(sqlite3.Error):
-                    row = self.journal.get_by_id(file_id)  # an upload already recorded is not sent again
-                    state = j.UPLOADED if row is not None and row.state == j.UPLOADED else j.PENDING
-                    self.journal.record_retry(file_id, state, "internal", repr(exc), self.clock() + 60)
-            self._facts.put(_Done(file_id, outcome, path))
+        free = self.workers.free()
+        if free > 0 and not self._stopping:
+            self.workers.dispatch(self.journal.due_uploads(now, free, self.workers.in_flight))
 
     def _finished(self, file_id: int, outcome: str, path: str | None) -> None:
-        self._in_flight.discard(file_id)
-        started = self._dispatched_at.pop(file_id, None)
+        seconds = self.workers.finished(file_id)
         if self.metrics is not None:
-            self.metrics.observe(outcome, None if started is None else time.monotonic() - started)
+            self.metrics.observe(outcome, seconds)
         if outcome == "journal":
             raise sqlite3.OperationalError("a worker could not write the journal")
         if outcome != "done" or file_id in self._dirty:  # the path may have changed meanwhile
@@ -632,7 +525,7 @@ class Engine:
             self.notifier.status(self._status_line())
 
     def _idle(self, now: float) -> bool:
-        if self._in_flight or self._settling or self.journal.missing(older_than=now):
+        if self.workers.in_flight or self._settler or self.journal.missing(older_than=now):
             return False
         due = self.journal.next_due_time()
         if due is not None and due <= now:
@@ -672,20 +565,20 @@ class Engine:
         if self.watcher is not None:
             self.watcher.stop()
         deadline = self.clock() + self.stop_timeout
-        while self._in_flight and self.clock() < deadline:
+        while self.workers.in_flight and self.clock() < deadline:
             try:
                 fact = self._facts.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if isinstance(fact, _Done):
+            if isinstance(fact, Done):
                 with contextlib.suppress(sqlite3.Error):
                     self._finished(fact.file_id, fact.outcome, fact.path)
-        if self._in_flight:
+        if self.workers.in_flight:
             log.warning(
-                "%d uploads still in flight at shutdown; they resume at the next start", len(self._in_flight)
+                "%d uploads still in flight at shutdown; they resume at the next start",
+                len(self.workers.in_flight),
             )
-        for _ in self._workers:
-            self._work.put(None)
+        self.workers.stop()
         self._stop_batcher()
         if self._metrics_server is not None:
             self._metrics_server.stop()

@@ -12,14 +12,38 @@ import bisect
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from watchd import journal as j
+from watchd.journal import Journal
+from watchd.quota import QuotaGate
 
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-Gauges = Callable[[], dict[str, dict[tuple[tuple[str, str], ...], float]]]
+GaugeValues = dict[str, dict[tuple[tuple[str, str], ...], float]]
+Gauges = Callable[[], GaugeValues]
+
+
+def journal_gauges(journal: Journal, services: Sequence[QuotaGate]) -> GaugeValues:
+    """The journal's view: files per state, queue depths, and quota use per service."""
+    counts = journal.counts()
+    paused = {pause.name for pause in journal.pauses()}
+    return {
+        "watchd_files": {(("state", state),): float(n) for state, n in counts.items()},
+        "watchd_queue": {
+            (("queue", "uploads"),): float(counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]),
+            (("queue", "baidu_push"),): float(journal.outbox_depth("push")),
+            (("queue", "baidu_delete"),): float(journal.outbox_depth("delete")),
+        },
+        "watchd_quota_used_today": {(("service", g.service),): float(g.used_today()) for g in services},
+        "watchd_quota_remaining": {
+            (("service", g.service),): float(left) for g in services if (left := g.remaining()) is not None
+        },
+        "watchd_service_paused": {(("service", g.service),): float(g.service in paused) for g in services},
+    }
 
 
 class Metrics:

@@ -1,0 +1,54 @@
+"""The settler on real files with a hand-turned clock: a file is taken in only once it has
+stopped changing for `settle` seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from watchd.settling import Settler
+
+
+def _seen_changing(tmp_path: Path) -> tuple[Settler, Path]:
+    """A settler (settle 2 s, its clock at 100) that has seen a fresh 10-byte file change."""
+    settler = Settler(2.0, lambda: 100.0)
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x" * 10)
+    settler.changed(str(image))
+    return settler, image
+
+
+def test_a_file_that_stays_still_settles_after_the_settle_time(tmp_path: Path) -> None:
+    settler, image = _seen_changing(tmp_path)
+    assert settler and settler.deadlines() == [102.0]
+    assert settler.settled(101.9) == []
+    assert settler.settled(102.0) == [str(image)]
+    assert not settler and settler.settled(200.0) == []
+
+
+def test_a_file_still_growing_waits_another_settle_time(tmp_path: Path) -> None:
+    settler, image = _seen_changing(tmp_path)
+    image.write_bytes(b"x" * 20)
+    assert settler.settled(102.0) == []
+    assert settler.deadlines() == [104.0]
+    assert settler.settled(104.0) == [str(image)]
+
+
+def test_a_touched_file_of_the_same_size_is_still_changing(tmp_path: Path) -> None:
+    settler, image = _seen_changing(tmp_path)
+    info = image.stat()
+    os.utime(image, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))
+    assert settler.settled(102.0) == []
+
+
+def test_vanished_and_forgotten_files_are_dropped(tmp_path: Path) -> None:
+    settler, gone = _seen_changing(tmp_path)
+    forgotten = tmp_path / "forgotten.png"
+    forgotten.write_bytes(b"x")
+    settler.changed(str(forgotten))
+    gone.unlink()
+    settler.forget(str(forgotten))
+    assert settler.settled(102.0) == []
+    assert not settler
+    settler.changed(str(gone))  # a change reported for a file already gone is not kept
+    assert not settler

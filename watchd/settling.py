@@ -1,0 +1,64 @@
+"""Files still being written: taken in once their size and mtime stay put for `settle` seconds.
+
+A close-after-write event says a file is finished. Polled folders, and writers that keep a
+file open or modify it in place, give no such event; for those a file is finished when it
+has stopped changing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import NamedTuple
+
+
+class _Seen(NamedTuple):
+    size: int
+    mtime_ns: int
+    deadline: float
+
+
+class Settler:
+    """The files seen changing, each with the time it is next looked at."""
+
+    def __init__(self, settle: float, clock: Callable[[], float]) -> None:
+        self.settle = settle
+        self._clock = clock
+        self._seen: dict[str, _Seen] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._seen)
+
+    def changed(self, path: str) -> None:
+        """The file changed: look again once it has been still for `settle` seconds."""
+        try:
+            info = os.stat(path)
+        except OSError:
+            self._seen.pop(path, None)
+            return
+        self._seen[path] = _Seen(info.st_size, info.st_mtime_ns, self._clock() + self.settle)
+
+    def forget(self, path: str) -> None:
+        self._seen.pop(path, None)
+
+    def deadlines(self) -> list[float]:
+        return [seen.deadline for seen in self._seen.values()]
+
+    def settled(self, now: float) -> list[str]:
+        """The files whose time has come and that have not changed since; the ones that did
+        change wait another `settle` seconds, and vanished ones are forgotten."""
+        still: list[str] = []
+        for path, seen in list(self._seen.items()):
+            if seen.deadline > now:
+                continue
+            try:
+                info = os.stat(path)
+            except OSError:
+                del self._seen[path]
+                continue
+            if (info.st_size, info.st_mtime_ns) == (seen.size, seen.mtime_ns):
+                del self._seen[path]
+                still.append(path)
+            else:
+                self._seen[path] = _Seen(info.st_size, info.st_mtime_ns, now + self.settle)
+        return still
