@@ -186,6 +186,23 @@ def test_load_image_checks_hashes_and_holds_one_read_of_a_small_file(
     assert loaded.info.complete is (cut == 0)
 
 
+def test_load_image_reads_a_file_that_grew_since_its_size_was_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = imagegen.png(30, 20, extra_bytes=40_000)
+    path = write(tmp_path, "growing.png", data)
+    real_fstat = os.fstat
+
+    def stale_fstat(fd: int) -> os.stat_result:  # the size as it was a moment before
+        info = real_fstat(fd)
+        return os.stat_result((*info[:6], info.st_size - 1000, *info[7:]))
+
+    monkeypatch.setattr(os, "fstat", stale_fstat)
+    loaded = load_image(path)
+    assert loaded.content == data
+    assert loaded.info.complete
+
+
 def test_load_image_streams_a_large_file(tmp_path: Path) -> None:
     data = imagegen.png(8, 8, extra_bytes=READ_WHOLE_BELOW + 10)
     path = write(tmp_path, "large.png", data)
