@@ -41,13 +41,16 @@ class Services(Store):
     def pauses(self) -> list[ServicePause]:
         """The paused services. Asked before every send, so kept in memory between changes,
         which only this process makes (one watchd per journal)."""
-        with self._lock:
-            if self._pauses is None:
-                rows = self._db.execute(
-                    "SELECT name, pause_kind, paused_until, reason FROM services ORDER BY name"
-                ).fetchall()
-                self._pauses = [ServicePause(*row) for row in rows]
-            return list(self._pauses)
+        pauses = self._pauses  # read without the lock: the list is replaced, never changed
+        if pauses is None:
+            with self._lock:
+                if self._pauses is None:
+                    rows = self._db.execute(
+                        "SELECT name, pause_kind, paused_until, reason FROM services ORDER BY name"
+                    ).fetchall()
+                    self._pauses = [ServicePause(*row) for row in rows]
+                pauses = self._pauses
+        return list(pauses)
 
     def quota_used(self, service: str, day: str) -> int:
         with self._lock:

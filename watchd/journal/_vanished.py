@@ -28,13 +28,14 @@ class Vanished(Store):
         """Whether any file is marked vanished. Asked for every new file and every turn of the
         engine's loop, so the answer "none" is remembered until `mark_missing` (the only
         way a file becomes vanished) is called again."""
-        with self._lock:
-            if self._any_missing is None:
-                self._any_missing = (
-                    self._db.execute("SELECT 1 FROM files WHERE missing_since IS NOT NULL LIMIT 1").fetchone()
-                    is not None
-                )
-            return self._any_missing
+        known = self._any_missing  # read without the lock, like `Services.pauses`
+        if known is None:
+            with self._lock:
+                if self._any_missing is None:
+                    sql = "SELECT 1 FROM files WHERE missing_since IS NOT NULL LIMIT 1"
+                    self._any_missing = self._db.execute(sql).fetchone() is not None
+                known = self._any_missing
+        return known
 
     def find_moved_source(self, sha256: str, size: int) -> FileRow | None:
         """The vanished file that held exactly this content, if any: the new file is that one moved."""
