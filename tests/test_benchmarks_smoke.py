@@ -122,3 +122,19 @@ def test_the_script_takes_the_link_out_of_an_answer_with_escaped_slashes(tmp_pat
         timeout=10,
     )
     assert json.loads((tmp_path / "a.png.link.json").read_text()) == {"link": "http://h/out/a.png"}
+
+
+def test_the_cpu_by_step_profile_still_finds_every_step(tmp_path: Path) -> None:
+    """`python -m benchmarks.steps` wraps watchd's functions by name: a renamed or bypassed
+    step must fail here, not silently drop out of the profile in docs/benchmarks.md."""
+    out = tmp_path / "steps.json"
+    argv = [sys.executable, "-m", "benchmarks.steps", "--images", "40", "--json", str(out)]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["images"] == 40 and "ms of CPU per image" in proc.stdout
+    steps = result["steps"]
+    assert {label for label, (_seconds, calls) in steps.items() if calls == 0} == set()
+    threads = ("upload worker", "loop thread", "Baidu batcher thread")
+    on_threads = sum(seconds for label, (seconds, _calls) in steps.items() if label.startswith(threads))
+    assert 0 < on_threads <= result["process_cpu_seconds"] * 1.05
