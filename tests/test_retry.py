@@ -150,6 +150,11 @@ def test_backoff_delay_custom_bounds_and_attempt_zero() -> None:
     assert 50.0 <= backoff_delay(99, initial=10.0, maximum=100.0) <= 100.0
 
 
+def test_backoff_delay_after_weeks_of_failures_stays_at_the_cap() -> None:
+    for attempt in (1025, 10**6):  # 2.0 ** 1024 would overflow
+        assert 1800.0 <= backoff_delay(attempt) <= 3600.0
+
+
 def test_parse_retry_after() -> None:
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
     assert parse_retry_after("120") == 120.0

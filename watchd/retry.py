@@ -108,7 +108,8 @@ def backoff_delay(attempt: int, *, initial: float = 30.0, maximum: float = 3600.
     step, so a queue never comes back almost at once, and spread over the other half so
     items deferred together do not all return together.
     """
-    step = min(maximum, initial * 2.0 ** max(0, attempt - 1))
+    doublings = min(max(0, attempt - 1), 64)  # past the cap anyway; 2.0 ** 1024 overflows
+    step = min(maximum, initial * 2.0**doublings)
     return step / 2 + random.uniform(0, step / 2)
 
 
