@@ -50,6 +50,7 @@ def write_config(
     baidu: bool = True,
     extra: str = "",
     linger: float = 0.2,
+    baidu_quota: int | None = None,
 ) -> Path:
     """A config with an account host `me`, a guest host `guest`, Baidu, and `folders`."""
     lines = [
@@ -72,6 +73,8 @@ def write_config(
             f"  api_base: {emulator.baidu_url}",
             f"  linger: {linger}",
         ]
+        if baidu_quota is not None:
+            lines.append(f"  daily_quota: {baidu_quota}")
     lines += ["defaults:", "  host: me", "folders:"]
     for folder in folders:
         lines.append(f"  - path: {json.dumps(str(folder['path']))}")

@@ -242,3 +242,23 @@ def test_only_sidecars_that_show_baidu_are_rewritten_after_the_push(
     per_folder = {folder: sum(1 for w in writes if w.parent == folder) for folder in (as_json, as_text)}
     assert per_folder == {as_json: 6, as_text: 3}  # json: written, then given baidu; txt: once
     assert "baidu" in json.loads(sidecar_of(as_json / "img0.png").read_text(encoding="utf-8"))
+
+
+def test_the_last_units_of_a_days_baidu_quota_are_used_and_the_rest_waits_for_the_reset(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    public = tmp_path / "public"
+    public.mkdir()
+    config = write_config(
+        tmp_path / "config.yaml", emulator, [{"path": public}], state_dir=tmp_path / "state", baidu_quota=10
+    )
+    for n in range(15):
+        (public / f"q{n:02d}.png").write_bytes(png(n + 1, 6))
+    now = [1_800_000_000.0]
+    engine = Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None)
+    engine.sync()
+    assert [len(c.items) for c in pushes(emulator)] == [10]  # not 0: a full 20 did not fit
+    now[0] += 86400
+    engine = Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None)
+    assert engine.sync() == 0
+    assert [len(c.items) for c in pushes(emulator)] == [10, 5]

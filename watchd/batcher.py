@@ -115,7 +115,7 @@ class BaiduBatcher:
                 return min(60.0, max(1.0, resume - now))
             sent_full = False
             wait = 60.0
-            for action, limit in (("delete", self.indexer.max_withdraw), ("push", self.indexer.max_push)):
+            for action, limit in (("delete", self.indexer.max_withdraw), ("push", self._push_limit())):
                 rows = self.journal.due_outbox(action, now, limit)
                 if not rows:
                     self._first_seen.pop(action, None)
@@ -135,6 +135,13 @@ class BaiduBatcher:
                     wait = min(wait, next_due - now)
                 return max(0.01, wait)
         return 0.0
+
+    def _push_limit(self) -> int:
+        """Items for the next pushPic: a full call, or what is left of today's quota, so the
+        last units of a day are used. With none left, a full call's worth is picked anyway
+        and `_send` pauses Baidu for them."""
+        room = self.quota.room()
+        return self.indexer.max_push if not room else min(room, self.indexer.max_push)
 
     def _send(self, action: str, rows: list[OutboxRow]) -> None:
         ids = [row.id for row in rows]

@@ -55,17 +55,30 @@ class QuotaGate:
     def remaining(self) -> int | None:
         return None if self.limit is None else max(0, self.limit - self.used_today())
 
+    def room(self) -> int | None:
+        """How many more sends today's limit allows (None: no limit)."""
+        if self.limit is None:
+            return None
+        with self._lock:
+            self._load_today()
+            return max(0, self.limit - self._used)
+
     def reserve(self, n: int = 1) -> tuple[str, str] | None:
         """Count `n` sends if today's limit allows them all, and return the (service, day)
         to record with their intent; None (nothing counted) if the limit does not allow them."""
-        day = day_key(self.tz, self.clock())
         with self._lock:
-            if day != self._day:
-                self._day, self._used = day, self.journal.quota_used(self.service, day)
+            day = self._load_today()
             if self.limit is not None and self._used + n > self.limit:
                 return None
             self._used += n
         return self.service, day
+
+    def _load_today(self) -> str:
+        """Today's day key, with `_used` holding today's count (called under the lock)."""
+        day = day_key(self.tz, self.clock())
+        if day != self._day:
+            self._day, self._used = day, self.journal.quota_used(self.service, day)
+        return day
 
     def reset_at(self) -> float:
         return next_reset(self.tz, self.clock())
