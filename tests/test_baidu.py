@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -251,7 +252,9 @@ def test_404_means_wrong_api_base() -> None:
         indexer(FakeBaidu(lambda *_: httpx.Response(404, text="not found"))).push([item(1)])
 
 
-@pytest.mark.parametrize("content", [b"<html>", b"\xff\xfe", b"[]", b'{"errmsg": "no errno"}', b"null"])
+@pytest.mark.parametrize(
+    "content", [b"<html>", b"\xff\xfe", b"[]", b'{"errmsg": "no errno"}', b"null", b"[" * 100_000]
+)
 def test_malformed_answer_is_transient(content: bytes) -> None:
     with pytest.raises(TransientError, match="malformed answer"):
         indexer(FakeBaidu(lambda *_: httpx.Response(200, content=content))).push([item(1)])
@@ -266,16 +269,21 @@ def test_connection_refused_and_timeout_are_transient(make_client: Callable[...,
     with pytest.raises(TransientError, match="cannot reach") as caught:
         BaiduIndexer(app_id="a", app_token=TOKEN, api_base=refused, client=client).push([item(1)])
     assert isinstance(caught.value.__cause__, httpx.ConnectError)
+    assert caught.value.reached is False  # nothing was sent: no quota used
     assert "proxypass" not in str(caught.value)
     assert "127.0.0.1" in str(caught.value)
-    client = make_client(timeout=0.3)
+    client = make_client(timeout=30)  # Baidu's own timeout wins over the shared client's
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         base = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        baidu = BaiduIndexer(app_id="a", app_token=TOKEN, api_base=base, client=client, timeout=0.3)
+        started = time.monotonic()
         with pytest.raises(TransientError, match="timed out") as caught:
-            BaiduIndexer(app_id="a", app_token=TOKEN, api_base=base, client=client).withdraw(["a1"])
+            baidu.withdraw(["a1"])
+        assert time.monotonic() - started < 5
         assert isinstance(caught.value.__cause__, httpx.TimeoutException)
+        assert caught.value.reached is True  # the call may have been counted
 
 
 # -- bisection -----------------------------------------------------------------------------------

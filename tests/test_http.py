@@ -8,7 +8,9 @@ import json
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+import time
+import zlib
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from tests.imagegen import png
 from watchd import transport as transport_module
 from watchd.emulator import DEMO_SECRET_KEY, Emulator
 from watchd.http import HttpClient
-from watchd.transport import JOIN_BODY_BELOW, PooledTransport
+from watchd.transport import JOIN_BODY_BELOW, PIECE, PooledTransport
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -126,10 +128,13 @@ def test_a_large_body_is_streamed_whole(
     assert answer["length"] > size  # the multipart envelope around it
 
 
-def test_gzip_answers_are_decoded(client: HttpClient) -> None:
+def test_gzip_answers_are_not_asked_for_but_decoded(client: HttpClient) -> None:
     gzipped = type("Gzipped", (Recorder,), {"gzip_answers": True})
-    for url, _seen in serve(gzipped):
-        assert client.post(url, headers={}, content=b"{}").json()["length"] == 2
+    for url, seen in serve(gzipped):
+        response = client.post(url, headers={}, content=b"{}")
+        assert response.json()["length"] == 2
+        assert "content-encoding" not in response.headers  # decoded by the transport, not again by httpx
+        assert seen[0]["headers"]["Accept-Encoding"] == "identity"
 
 
 def unused_port() -> int:
@@ -179,8 +184,9 @@ def test_the_transport_refuses_other_schemes() -> None:
         transport.handle_request(httpx.Request("POST", "ftp://127.0.0.1/v1"))
 
 
-def raw_server(answer: bytes) -> Iterator[str]:
-    """A server that reads one request and writes `answer` verbatim, then closes."""
+def raw_server(answer: bytes, pace: float = 0.0) -> Iterator[str]:
+    """A server that reads one request and writes `answer` verbatim (a byte every `pace` seconds
+    if given), then closes."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -200,7 +206,15 @@ def raw_server(answer: bytes) -> Iterator[str]:
             )
             while len(body) < length:
                 body += conn.recv(65536)
-            conn.sendall(answer)
+            if not pace:
+                conn.sendall(answer)
+                return
+            for byte in answer:
+                time.sleep(pace)
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:  # the client gave up
+                    return
 
     thread = threading.Thread(target=serve_one, daemon=True)
     thread.start()
@@ -283,3 +297,157 @@ def test_an_oversized_answer_is_refused(client: HttpClient, monkeypatch: pytest.
     for url in raw_server(chunked):
         with pytest.raises(httpx.RemoteProtocolError, match="larger than"):
             client.post(url, headers={}, content=b"hello")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n" + b"x" * 5000,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n" + b"x" * 5000,
+    ],
+    ids=["content-length", "chunk size"],
+)
+def test_negative_sizes_are_refused_before_reading_on(
+    client: HttpClient, monkeypatch: pytest.MonkeyPatch, answer: bytes
+) -> None:
+    monkeypatch.setattr(transport_module, "MAX_BODY", 1000)  # "-1" read until the end, past any cap
+    for url in raw_server(answer):
+        with pytest.raises(httpx.RemoteProtocolError, match=r"bad .*-1"):
+            client.post(url, headers={}, content=b"hello")
+
+
+def compressed(encoding: bytes, body: bytes) -> bytes:
+    packed = gzip.compress(body) if encoding == b"gzip" else zlib.compress(body)
+    head = b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n" % (encoding, len(packed))
+    return head + packed
+
+
+@pytest.mark.parametrize("encoding", [b"gzip", b"deflate"])
+def test_compressed_answers_are_capped_when_decoded(
+    client: HttpClient, monkeypatch: pytest.MonkeyPatch, encoding: bytes
+) -> None:
+    for url in raw_server(compressed(encoding, b'{"a": 1}')):
+        response = client.post(url, headers={}, content=b"hello")
+        assert response.json() == {"a": 1}
+        assert "content-encoding" not in response.headers
+    monkeypatch.setattr(transport_module, "MAX_BODY", 1000)
+    for url in raw_server(compressed(encoding, b" " * 5000)):  # a few dozen bytes on the wire
+        with pytest.raises(httpx.RemoteProtocolError, match="larger than"):
+            client.post(url, headers={}, content=b"hello")
+
+
+def test_other_encodings_are_refused(client: HttpClient) -> None:
+    for url in raw_server(b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}"):
+        with pytest.raises(httpx.RemoteProtocolError, match="unsupported Content-Encoding"):
+            client.post(url, headers={}, content=b"hello")
+
+
+def test_an_answer_trickled_past_the_timeout_is_a_read_timeout() -> None:
+    client = HttpClient(timeout=0.5, environ_proxies={})
+    answer = b'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{"a": 1}'  # each byte well within 0.5 s
+    started = time.monotonic()
+    for url in raw_server(answer, pace=0.05):
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(url, headers={}, content=b"hello")
+    assert time.monotonic() - started < 1.5
+    client.close()
+
+
+def test_a_request_can_have_its_own_timeout(client: HttpClient) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(
+                f"http://127.0.0.1:{silent.getsockname()[1]}/v1", headers={}, content=b"x", timeout=0.3
+            )
+        assert time.monotonic() - started < 2  # not the client's 5 s
+
+
+@pytest.fixture
+def small_send_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's sockets keep a small send buffer, as a slow uplink does."""
+    create = socket.create_connection
+
+    def create_small(*args: Any, **kwargs: Any) -> socket.socket:
+        sock = create(*args, **kwargs)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PIECE)
+        return sock
+
+    monkeypatch.setattr(socket, "create_connection", create_small)
+
+
+def scripted_server(handle: Callable[[socket.socket, bytes], None]) -> Iterator[str]:
+    """A server with a small receive buffer calling `handle(connection, request head)` once."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            handle(conn, data)
+
+    thread = threading.Thread(target=serve_one, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    thread.join(timeout=10)
+    listener.close()
+
+
+def two_megabytes(monkeypatch: pytest.MonkeyPatch, streamed: bool) -> dict[str, Any]:
+    """`files=` of a 2 MB image, which the transport keeps whole or (made to) stream."""
+    if streamed:
+        monkeypatch.setattr(transport_module, "JOIN_BODY_BELOW", 1024 * 1024)
+    return {"image": ("a.jpg", b"x" * 2 * 1024 * 1024, "image/jpeg")}
+
+
+@pytest.mark.usefixtures("small_send_buffer")
+@pytest.mark.parametrize("streamed", [False, True], ids=["kept whole", "streamed"])
+def test_a_slow_but_steady_uplink_is_not_cut_off(monkeypatch: pytest.MonkeyPatch, streamed: bool) -> None:
+    def drain_slowly(conn: socket.socket, data: bytes) -> None:
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        received = len(body)
+        while received < length:  # about 1 s in steps of 10 ms
+            time.sleep(0.01)
+            received += len(conn.recv(32768))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    client = HttpClient(timeout=0.5, environ_proxies={})
+    started = time.monotonic()
+    try:
+        for url in scripted_server(drain_slowly):
+            response = client.post(url, headers={}, files=two_megabytes(monkeypatch, streamed))
+            assert response.status_code == 200
+    finally:
+        client.close()
+    assert time.monotonic() - started > 1  # longer than the timeout, in steps much shorter
+
+
+@pytest.mark.usefixtures("small_send_buffer")
+@pytest.mark.parametrize("streamed", [False, True], ids=["kept whole", "streamed"])
+def test_an_early_answer_is_returned_though_the_body_is_refused(
+    client: HttpClient, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    def refuse(conn: socket.socket, _data: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        time.sleep(0.05)  # then close, the body unread: the client's sending fails
+
+    for url in scripted_server(refuse):
+        response = client.post(url, headers={}, files=two_megabytes(monkeypatch, streamed))
+        assert response.status_code == 413
+
+
+@pytest.mark.usefixtures("small_send_buffer")
+def test_a_body_refused_without_an_answer_is_an_error(
+    client: HttpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for url in scripted_server(lambda _conn, _data: None):
+        with pytest.raises(httpx.ReadError):
+            client.post(url, headers={}, files=two_megabytes(monkeypatch, streamed=False))

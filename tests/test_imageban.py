@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable, Iterator
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -302,6 +303,7 @@ def test_other_http_statuses(image: Path, status: int, cls: type[ServiceError]) 
         json.dumps({"data": {"id": "", "link": "https://a/b.png", "short_link": "http://s/x"}}).encode(),
         json.dumps({"data": {"id": "x", "link": "ftp://a/b.png", "short_link": "http://s/x"}}).encode(),
         json.dumps({"error": "no code"}).encode(),
+        b"[" * 100_000,  # json raises RecursionError, not ValueError
     ],
 )
 def test_malformed_answers_are_transient(image: Path, body: bytes) -> None:
@@ -334,17 +336,30 @@ def test_connection_refused_is_transient(image: Path, refused_url: str, http: Ht
     with pytest.raises(TransientError, match="cannot reach") as caught:
         host.upload(UploadRequest(image, "c"))
     assert isinstance(caught.value.__cause__, httpx.ConnectError)
+    assert caught.value.reached is False  # nothing was sent: no upload counted
     assert SECRET not in str(caught.value)
     assert "proxypass" not in str(caught.value)
     assert "http://127.0.0.1:" in str(caught.value)
 
 
-@pytest.mark.parametrize("client", [httpx.Client(timeout=0.3), HttpClient(timeout=0.3)], ids=type)
-def test_timeout_is_transient(image: Path, silent_url: str, client: HttpPoster) -> None:
-    host = ImageBanHost("me", api_url=silent_url, client=client, secret_key=SECRET)
+@pytest.mark.parametrize("client", [httpx.Client(timeout=30), HttpClient(timeout=30)], ids=type)
+def test_timeout_is_the_hosts_own_and_transient(image: Path, silent_url: str, client: HttpPoster) -> None:
+    host = ImageBanHost("me", api_url=silent_url, client=client, secret_key=SECRET, timeout=0.3)
+    started = time.monotonic()
     with pytest.raises(TransientError, match="timed out") as caught:
         host.upload(UploadRequest(image, "c"))
+    assert time.monotonic() - started < 5  # the host's 0.3 s, not the client's 30 s
     assert isinstance(caught.value.__cause__, httpx.TimeoutException)
+    assert caught.value.reached is True  # the upload may have been counted
+
+
+@pytest.mark.parametrize("auth", ["secret_key", "client_id"])
+def test_a_key_no_header_can_carry_is_a_configuration_error(image: Path, auth: str) -> None:
+    key = "s3cr3t-clé-value"
+    with pytest.raises(ConfigurationError, match="cannot be sent in an HTTP header") as caught:
+        make_host(answering(), **{auth: key}).upload(UploadRequest(image, "c"))
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert key not in str(caught.value) and key not in repr(caught.value)
 
 
 # -- against the emulator, over loopback -------------------------------------------------------

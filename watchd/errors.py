@@ -50,14 +50,23 @@ class ServiceError(WatchdError):
 class TransientError(ServiceError):
     """Network errors, timeouts, HTTP 5xx/429 and the APIs' own "try again" codes.
 
-    `retry_after` is the server's Retry-After in seconds when it sent one.
+    `retry_after` is the server's Retry-After in seconds when it sent one. `reached` is False
+    only when the request cannot have reached the service (no connection was ever made), so
+    nothing it counts (a quota unit) was used.
     """
 
     def __init__(
-        self, message: str, *, service: str = "", code: str = "", retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        service: str = "",
+        code: str = "",
+        retry_after: float | None = None,
+        reached: bool = True,
     ) -> None:
         super().__init__(message, service=service, code=code)
         self.retry_after = retry_after
+        self.reached = reached
 
 
 class QuotaError(ServiceError):

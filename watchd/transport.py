@@ -4,10 +4,14 @@ Why: for the small multipart POSTs watchd makes by the thousand, httpcore's mach
 about 0.6 ms of CPU per request and `http.client`'s header parsing (through the `email`
 package) about 0.2 ms, more than everything else watchd does for an image (measured
 against the emulator, see docs/benchmarks.md). The services answer small JSON bodies, so
-a request is one `sendall` (headers and body together) and the answer is read with a
-buffered reader: status line, headers, then a body delimited by Content-Length, chunked
+a small request is one `sendall` (headers and body together) and the answer is read with
+a buffered reader: status line, headers, then a body delimited by Content-Length, chunked
 encoding or the end of the connection. The rest of watchd keeps speaking httpx (requests,
 responses, errors, `MockTransport` in tests); only the bytes on the wire go through here.
+
+Timeouts (httpx's `timeout` extension): `connect` to connect; `write` for each piece of a
+larger request to make progress (a slow but steady uplink is never cut off); `read` for the
+whole answer once the request is sent (a server trickling bytes cannot hold a worker).
 
 Every failure is raised as the httpx exception httpx's own transport raises for it, so
 callers translate errors in one place whatever the transport.
@@ -15,24 +19,53 @@ callers translate errors in one place whatever the transport.
 
 from __future__ import annotations
 
+import io
+import re
 import select
 import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Iterable
-from typing import BinaryIO, NoReturn
+from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 import httpx
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
 KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept (httpx's default)
 MAX_IDLE_PER_ORIGIN = 16
-JOIN_BODY_BELOW = 4 * 1024 * 1024  # smaller bodies leave with the headers in one write
+JOIN_BODY_BELOW = 4 * 1024 * 1024  # smaller bodies are kept whole (they can be sent again)
+PIECE = 64 * 1024  # a request up to this size is one write; a larger one goes a piece at a time
 MAX_LINE = 65536  # longest status or header line accepted
 MAX_HEADERS = 100
 MAX_BODY = 16 * 1024 * 1024  # the services answer a few hundred bytes of JSON; anything huge is wrong
+# Content-Encoding -> zlib's wbits; answers should not be compressed (we ask for identity) but may be.
+_DECODERS = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
 
 _Origin = tuple[str, str, int]
+
+
+class _Receiver(io.RawIOBase):
+    """The socket's receiving side, no read of which waits past `deadline` (when set)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out")
+            self.sock.settimeout(remaining)
+        return self.sock.recv_into(buffer)
 
 
 class _Connection:
@@ -40,8 +73,19 @@ class _Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader: BinaryIO = sock.makefile("rb")
+        self._receiver = _Receiver(sock)
+        self.reader: BinaryIO = io.BufferedReader(self._receiver)
         self.idle_since = time.monotonic()
+
+    def send_within(self, timeout: float | None) -> None:
+        """From now on each write waits at most `timeout` for progress."""
+        self._receiver.deadline = None
+        self.sock.settimeout(timeout)
+
+    def answer_within(self, timeout: float | None) -> None:
+        """From now on the whole answer must arrive within `timeout`."""
+        self._receiver.deadline = None if timeout is None else time.monotonic() + timeout
+        self.sock.settimeout(timeout)
 
     def usable(self) -> bool:
         """Not expired, and the server has not closed it (an idle socket that reads is at EOF)."""
@@ -72,7 +116,9 @@ class PooledTransport(httpx.BaseTransport):
     """Sends each request over a kept-alive connection; safe for several threads.
 
     `timeout` (read/write) and `connect_timeout` apply to requests without httpx's
-    `timeout` extension (`HttpClient` and `httpx.Client` always set it).
+    `timeout` extension (`HttpClient` and `httpx.Client` always set it). A server that
+    answers early (413, 401) and closes while the request is still going out has its
+    answer returned, as httpcore does.
     """
 
     def __init__(
@@ -94,17 +140,17 @@ class PooledTransport(httpx.BaseTransport):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}", request=request)
         origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         timeouts = request.extensions.get("timeout", {})
-        read_timeout = timeouts.get("read", self._timeout)
+        limits = (timeouts.get("write", self._timeout), timeouts.get("read", self._timeout))
         body = _Body(request)
         connection = self._checkout(origin)
         if connection is not None:
             try:
-                return self._exchange(origin, connection, request, body, read_timeout)
+                return self._exchange(origin, connection, request, body, limits)
             except _StaleConnection:
                 pass  # closed by the server while idle: a fresh connection
         connection = self._open(origin, request, timeouts.get("connect", self._connect_timeout))
         try:
-            return self._exchange(origin, connection, request, body, read_timeout)
+            return self._exchange(origin, connection, request, body, limits)
         except _StaleConnection as stale:
             _raise_translated(stale.cause, request, connected=True)
 
@@ -116,16 +162,37 @@ class PooledTransport(httpx.BaseTransport):
                 connection.close()
 
     def _exchange(
-        self, origin: _Origin, connection: _Connection, request: httpx.Request, body: _Body, timeout: float
+        self,
+        origin: _Origin,
+        connection: _Connection,
+        request: httpx.Request,
+        body: _Body,
+        limits: tuple[float | None, float | None],
     ) -> httpx.Response:
-        """One request and its whole answer; the connection goes back to the pool if kept."""
+        """One request and its whole answer; the connection goes back to the pool if kept.
+
+        `limits` are the write and read timeouts. A send cut off by the server may have met an
+        early answer: it is read, and only without one does the send fail.
+        """
+        write_timeout, read_timeout = limits
+        unsent: OSError | None = None  # why the request could not be sent whole
         answered = False
         try:
-            connection.sock.settimeout(timeout)
-            body.send(connection.sock, _head(request, body))
-            status, reason, headers, keep_alive = _read_head(connection.reader)
+            connection.send_within(write_timeout)
+            try:
+                body.send(connection.sock, _head(request, body))
+            except (ConnectionError, ssl.SSLError) as exc:
+                unsent = exc
+            connection.answer_within(read_timeout)
+            try:
+                status, reason, headers, keep_alive = _read_head(connection.reader)
+            except Exception:
+                if unsent is None:
+                    raise
+                raise unsent from None  # no answer to explain it: the send's own failure
             answered = True
             content = _read_body(connection.reader, request.method, status, headers)
+            content, headers = _decoded(content, headers)
         except Exception as exc:
             connection.close()
             if not answered and not body.streamed and isinstance(exc, _DEAD_CONNECTION):
@@ -134,7 +201,7 @@ class PooledTransport(httpx.BaseTransport):
         except BaseException:
             connection.close()
             raise
-        if keep_alive and _delimited(request.method, status, headers):
+        if keep_alive and unsent is None and _delimited(request.method, status, headers):
             self._checkin(origin, connection)
         else:
             connection.close()
@@ -189,9 +256,9 @@ _DEAD_CONNECTION = (_NoAnswer, ConnectionResetError, BrokenPipeError)
 
 
 class _Body:
-    """A request's body as it goes on the wire: with its headers in one write when its length
-    is known and modest (then it can be sent again), streamed when large, measured when
-    its length is unknown."""
+    """A request's body as it goes on the wire: kept whole and sent with its headers when its
+    length is known and modest (then it can be sent again), streamed when large, measured
+    when its length is unknown."""
 
     def __init__(self, request: httpx.Request) -> None:
         self.chunks: Iterable[bytes] = request.stream  # type: ignore[assignment]
@@ -201,10 +268,19 @@ class _Body:
         self.measured = length is None and bool(self.data)
 
     def send(self, sock: socket.socket, head: bytes) -> None:
-        sock.sendall(head + self.data)
+        _send(sock, head + self.data)
         if self.streamed:
             for chunk in self.chunks:
-                sock.sendall(chunk)
+                _send(sock, chunk)
+
+
+def _send(sock: socket.socket, data: bytes) -> None:
+    """Write `data` up to `PIECE` at a time (a small request is one write), the socket's timeout
+    bounding each wait for progress, not the whole (which a slow uplink could never send in time)."""
+    view = memoryview(data)
+    sent = 0
+    while sent < len(view):
+        sent += sock.send(view[sent : sent + PIECE])
 
 
 def _head(request: httpx.Request, body: _Body) -> bytes:
@@ -278,10 +354,10 @@ def _read_body(reader: BinaryIO, method: str, status: int, headers: list[tuple[b
         content = reader.read(MAX_BODY + 1)  # until the server closes
         _check_size(len(content))
         return content
-    try:
-        size = int(length.split(b",")[0])
-    except ValueError:
-        raise httpx.RemoteProtocolError(f"bad Content-Length {length[:40]!r}") from None
+    digits = length.split(b",")[0].strip()
+    if not digits.isdigit():  # ASCII digits only: no sign, which would read until the end
+        raise httpx.RemoteProtocolError(f"bad Content-Length {length[:40]!r}")
+    size = int(digits)
     _check_size(size)
     content = reader.read(size)
     if len(content) < size:
@@ -294,10 +370,10 @@ def _read_chunked(reader: BinaryIO) -> bytes:
     total = 0
     while True:
         line = _read_line(reader)
-        try:
-            size = int(line.split(b";")[0].strip(), 16)
-        except ValueError:
-            raise httpx.RemoteProtocolError(f"bad chunk size line {line[:40]!r}") from None
+        digits = line.split(b";")[0].strip()
+        if not _HEX.fullmatch(digits):  # hex digits only: no sign, which would read until the end
+            raise httpx.RemoteProtocolError(f"bad chunk size line {line[:40]!r}")
+        size = int(digits, 16)
         if size == 0:
             while _read_line(reader) not in (b"\r\n", b"\n", b""):
                 pass  # trailers
@@ -309,6 +385,25 @@ def _read_chunked(reader: BinaryIO) -> bytes:
             raise httpx.RemoteProtocolError("answer ended inside a chunk")
         parts.append(chunk)
         reader.readline(3)  # the CRLF after the chunk
+
+
+def _decoded(content: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The body without its Content-Encoding, decoded here so the size cap holds for what is decoded."""
+    encoding = (_header(headers, b"content-encoding") or b"identity").lower()
+    if encoding == b"identity":
+        return content, headers
+    wbits = _DECODERS.get(encoding)
+    if wbits is None:
+        raise httpx.RemoteProtocolError(f"unsupported Content-Encoding {encoding[:40]!r}")
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        decoded = decompressor.decompress(content, MAX_BODY + 1)
+    except zlib.error as exc:
+        raise httpx.RemoteProtocolError(f"bad {encoding.decode('ascii', 'replace')} body: {exc}") from None
+    _check_size(len(decoded))
+    if not decompressor.eof:
+        raise httpx.RemoteProtocolError("answer ended inside its compressed body")
+    return decoded, [(name, value) for name, value in headers if name.lower() != b"content-encoding"]
 
 
 def _check_size(size: int) -> None:

@@ -2,10 +2,10 @@
 
 One upload is one multipart POST to `api_url` (see PROTOCOLS.md). Every way it can go wrong
 becomes one class of the `watchd.errors` taxonomy, in two places only: `_post` translates
-httpx's exceptions, `_interpret` classifies answers (API codes in `_API_CODES`, HTTP status
-in `_HTTP_STATUS`, malformed or incomplete bodies). Messages are built from codes and the
-API's own message, never from the keys, which are additionally scrubbed from anything the
-server echoes back.
+httpx's exceptions (and keys no HTTP header can carry), `_interpret` classifies answers
+(API codes in `_API_CODES`, HTTP status in `_HTTP_STATUS`, malformed or incomplete bodies).
+Messages are built from codes and the API's own message, never from the keys, which are
+additionally scrubbed from anything the server echoes back.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from watchd.errors import (
     TransientError,
 )
 from watchd.hosts.base import Uploaded, UploadRequest
-from watchd.http import HttpPoster
+from watchd.http import HttpPoster, network_error
 from watchd.imagefile import ImageInfo, inspect_image
 from watchd.retry import parse_retry_after
 
@@ -66,7 +66,8 @@ class ImageBanHost:
     (`Authorization: TOKEN`). The old `secret_key` form field is never sent. `album` is sent
     only with account auth; for a guest it is dropped (ImageBan would refuse it).
 
-    The `client` belongs to the caller (shared by every host), so `close` leaves it open.
+    The `client` belongs to the caller (shared by every host), so `close` leaves it open;
+    `timeout` (seconds) is this host's own, whatever the client's default.
     Stateless apart from it, so safe to use from several threads.
     """
 
@@ -78,6 +79,7 @@ class ImageBanHost:
         client: HttpPoster,
         client_id: str | None = None,
         secret_key: str | None = None,
+        timeout: float = 60.0,
     ) -> None:
         if not secret_key and not client_id:
             raise ValueError(f"ImageBan host {name!r} needs secret_key or client_id")
@@ -86,6 +88,7 @@ class ImageBanHost:
         self._api_url = api_url
         self._where = _without_userinfo(api_url)  # a proxy URL may carry a password
         self._client = client
+        self._timeout = timeout
         self._secrets = tuple(key for key in (secret_key, client_id) if key)
         self._authorization = f"Bearer {secret_key}" if secret_key else f"TOKEN {client_id}"
 
@@ -129,20 +132,31 @@ class ImageBanHost:
         """Nothing to release: the HTTP client is owned (and closed) by the caller."""
 
     def _post(self, **kwargs: Any) -> httpx.Response:
-        """Send the request; the one place httpx's exceptions are translated."""
+        """Send the request; the one place httpx's exceptions are translated.
+
+        A key httpx cannot encode fails while the request is built, in an error whose repr
+        holds the key: it is replaced (`from None`) by one that does not.
+        """
         try:
-            return self._client.post(self._api_url, headers={"Authorization": self._authorization}, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"timed out talking to {self._where}", service=self.service) from exc
+            return self._client.post(
+                self._api_url, headers={"Authorization": self._authorization}, timeout=self._timeout, **kwargs
+            )
+        except UnicodeEncodeError:
+            raise ConfigurationError(
+                "the secret key or client id holds a character that cannot be sent in an HTTP header "
+                "(non-ASCII?): copy it again",
+                service=self.service,
+            ) from None
         except httpx.HTTPError as exc:
-            reason = self._scrub(str(exc)) or type(exc).__name__
-            raise TransientError(f"cannot reach {self._where}: {reason}", service=self.service) from exc
+            raise network_error(
+                exc, where=self._where, reason=self._scrub(str(exc)), service=self.service
+            ) from exc
 
     def _interpret(self, response: httpx.Response, info: ImageInfo) -> Uploaded:
         """Turn an answer into `Uploaded`, or raise the one error class it means."""
         try:
             body: Any = response.json()
-        except ValueError:  # not JSON, or not even text
+        except (ValueError, RecursionError):  # not JSON, not even text, or nested too deep
             body = None
         error = body.get("error") if isinstance(body, dict) else None
         if isinstance(error, dict) and "code" in error:

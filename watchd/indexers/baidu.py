@@ -29,7 +29,7 @@ from watchd.errors import (
     ServiceError,
     TransientError,
 )
-from watchd.http import HttpPoster
+from watchd.http import HttpPoster, network_error
 from watchd.indexers.base import ItemResult, PushItem
 from watchd.retry import parse_retry_after
 
@@ -184,19 +184,23 @@ class BaiduIndexer:
     after a bisection some halves may already be stored, which is harmless: sending them
     again is answered "duplicate", i.e. already done.
 
-    The `client` belongs to the caller, so `close` leaves it open.
+    The `client` belongs to the caller, so `close` leaves it open; `timeout` (seconds) is
+    Baidu's own, whatever the client's default.
     """
 
     name = SERVICE
     max_push = 20
     max_withdraw = 10
 
-    def __init__(self, *, app_id: str, app_token: str, api_base: str, client: HttpPoster) -> None:
+    def __init__(
+        self, *, app_id: str, app_token: str, api_base: str, client: HttpPoster, timeout: float = 30.0
+    ) -> None:
         self._app_id = app_id
         self._app_token = app_token
         self._api_base = api_base.rstrip("/")
         self._where = str(httpx.URL(self._api_base).copy_with(username=None, password=None))  # no passwords
         self._client = client
+        self._timeout = timeout
 
     def push(self, items: list[PushItem]) -> list[ItemResult]:
         """Submit up to 20 items (re-submissions carry `modify=True`); one result per item."""
@@ -268,13 +272,12 @@ class BaiduIndexer:
         """Send one request; the one place httpx's exceptions are translated."""
         headers = {"Content-Type": "application/json;charset=utf-8"}
         where = f"{self._where}/{endpoint}"
+        url = f"{self._api_base}/{endpoint}"
         try:
-            return self._client.post(f"{self._api_base}/{endpoint}", content=content, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"timed out talking to {where}", service=SERVICE) from exc
+            return self._client.post(url, content=content, headers=headers, timeout=self._timeout)
         except httpx.HTTPError as exc:
-            reason = str(exc).replace(self._app_token, "***") or type(exc).__name__
-            raise TransientError(f"cannot reach {where}: {reason}", service=SERVICE) from exc
+            reason = str(exc).replace(self._app_token, "***")
+            raise network_error(exc, where=where, reason=reason, service=SERVICE) from exc
 
     def _classify(self, endpoint: str, response: httpx.Response) -> ServiceError | None:
         """Classify an answer: return what it means for the items of the call, raise the rest.
@@ -284,7 +287,7 @@ class BaiduIndexer:
         """
         try:
             body: Any = response.json()
-        except ValueError:  # not JSON, or not even text
+        except (ValueError, RecursionError):  # not JSON, not even text, or nested too deep
             body = None
         errno_value = body.get("errno") if isinstance(body, dict) else None
         if errno_value is None:
