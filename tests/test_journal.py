@@ -9,7 +9,7 @@ import pytest
 
 from watchd import journal as j
 from watchd.hosts.base import Uploaded
-from watchd.journal import Journal, UploadResult
+from watchd.journal import FileRow, Journal, OutboxRow, UploadResult
 from watchd.quota import QuotaGate, day_key
 
 UPLOAD = UploadResult(
@@ -138,3 +138,79 @@ def test_a_sent_push_leaves_the_outbox(journal: Journal) -> None:
     journal.outbox_sent([push], "2026-11-23T10:00:01Z")
     assert journal._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
     assert journal.get_by_id(row.id).pushed_at == "2026-11-23T10:00:01Z"  # type: ignore[union-attr]
+
+
+def _queued_push(journal: Journal) -> tuple[FileRow, OutboxRow]:
+    row = journal.add("/w/a.png", "/w", 10, 20, None)
+    journal.record_published(row.id, UPLOAD, "/w/a.png.link.json", {"id": row.baidu_id, "title": "a"})
+    (push,) = journal.due_outbox("push", now=1e12, limit=20)
+    return row, push
+
+
+@pytest.mark.parametrize("outcome", ["transient", "permanent", "crash"])
+def test_a_push_in_flight_when_its_file_is_deleted_never_returns_and_its_withdrawal_stays(
+    journal: Journal, outcome: str
+) -> None:
+    row, push = _queued_push(journal)
+    assert journal.mark_sending([push.id]) == [push.id]
+    journal.tombstone(row.id, withdraw=True)  # while the pushPic call is in flight
+    if outcome == "transient":
+        journal.outbox_retry([push.id], "timed out", 0.0)
+    elif outcome == "permanent":
+        journal.outbox_failed(push, "refused")
+    else:
+        journal.recover()  # kill -9 during the call, then a restart
+    journal.retry_failed()  # `watchd retry` must not bring it back either
+    assert journal.due_outbox("push", now=1e12, limit=20) == []
+    assert journal.outbox_depth("push") == 0 and journal.outbox_failures() == []
+    (delete,) = journal.due_outbox("delete", now=1e12, limit=10)
+    assert delete.baidu_id == row.baidu_id
+
+
+def test_a_push_cancelled_after_it_was_picked_is_not_marked_sending(journal: Journal) -> None:
+    row, push = _queued_push(journal)
+    journal.tombstone(row.id, withdraw=True)  # between the batcher's due_outbox and mark_sending
+    assert journal.mark_sending([push.id]) == []
+    assert journal.outbox_depth() == 0  # never sent, so nothing to withdraw
+
+
+def test_baidu_may_hold_an_id_from_the_moment_its_push_is_marked_sending(journal: Journal) -> None:
+    row, push = _queued_push(journal)
+    assert journal.get_by_id(row.id).baidu_may_hold == 0  # type: ignore[union-attr]
+    journal.mark_sending([push.id])
+    journal.recover()  # the push reached Baidu, then kill -9 before its answer was recorded
+    stored = journal.get_by_id(row.id)
+    assert stored is not None and stored.pushed_at is None and stored.baidu_may_hold == 1
+    journal.tombstone(row.id, withdraw=True)  # the queued push is cancelled, the id still withdrawn
+    (delete,) = journal.due_outbox("delete", now=1e12, limit=10)
+    assert journal.outbox_depth("push") == 0 and delete.baidu_id == row.baidu_id
+    journal.mark_sending([delete.id])
+    journal.outbox_sent([delete], "2026-11-23T10:00:02Z")
+    assert journal.get_by_id(row.id).baidu_may_hold == 0  # type: ignore[union-attr]
+
+
+def test_migration_4_marks_what_baidu_may_hold_and_drops_pushes_of_deleted_files(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / j.JOURNAL_NAME)
+    db.executescript(f"BEGIN; {'; '.join(j.MIGRATIONS[:3])}; PRAGMA user_version = 3; COMMIT;")
+    files = [("pushed", "2026-01-01T00:00:00Z", 0), ("tried", None, 1), ("fresh", None, 0), ("gone", None, 0)]
+    for n, (name, pushed_at, attempts) in enumerate(files, start=1):
+        db.execute(
+            "INSERT INTO files (id, path, last_path, root, state, baidu_id, pushed_at, created_at, "
+            "updated_at) VALUES (?, ?, ?, '/w', ?, ?, ?, 0, 0)",
+            (n, f"/w/{name}", f"/w/{name}", j.DELETED if name == "gone" else j.DONE, name, pushed_at),
+        )
+        db.execute(
+            "INSERT INTO outbox (file_id, action, baidu_id, state, attempts, created_at, updated_at) "
+            "VALUES (?, 'push', ?, ?, ?, 0, 0)",
+            (n, name, j.QUEUED, attempts),
+        )
+    db.commit()
+    db.close()
+    journal = Journal.open(tmp_path)
+    held = {row.baidu_id: row.baidu_may_hold for row in map(journal.get_by_id, range(1, 5)) if row}
+    assert held == {"pushed": 1, "tried": 1, "fresh": 0, "gone": 0}
+    assert {row.baidu_id for row in journal.due_outbox("push", now=1e12, limit=20)} == {
+        "pushed",
+        "tried",
+        "fresh",
+    }

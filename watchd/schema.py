@@ -79,6 +79,16 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX outbox_file ON outbox (file_id)",
     # Sent items now leave the outbox (Journal.outbox_sent); drop those kept before.
     "DELETE FROM outbox WHERE state = 'sent'",
+    # `baidu_may_hold`: set when a push is marked sending (Baidu may hold the id from then on, even
+    # if the push is never recorded), so a re-push says `modify` and a deletion withdraws it. Files
+    # pushed before, or with a push tried already, may be held; a deleted file's push is never sent.
+    """
+    ALTER TABLE files ADD COLUMN baidu_may_hold INTEGER NOT NULL DEFAULT 0;
+    UPDATE files SET baidu_may_hold = 1 WHERE pushed_at IS NOT NULL
+        OR id IN (SELECT file_id FROM outbox WHERE action = 'push' AND attempts > 0);
+    DELETE FROM outbox
+        WHERE action = 'push' AND file_id IN (SELECT id FROM files WHERE state = 'deleted');
+    """,
 )
 
 # File states.
@@ -138,6 +148,7 @@ class FileRow:
     next_attempt_at: float
     created_at: float
     updated_at: float
+    baidu_may_hold: int  # 1 once a push of `baidu_id` was marked sending, 0 again once withdrawn
 
     @classmethod
     def new(
@@ -170,6 +181,7 @@ class FileRow:
             upload_count=0,
             delete_held=0,
             attempts=0,
+            baidu_may_hold=0,
             next_attempt_at=0.0,
             created_at=now,
             updated_at=now,

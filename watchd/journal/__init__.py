@@ -77,8 +77,9 @@ class Journal(Files, Vanished, Outbox, Services, Status):
         """After a crash: interrupted uploads (and, with `outbox`, batches) go back to the queue.
 
         Returns (files requeued, outbox items requeued). An interrupted upload may have
-        reached the host; it is uploaded again (at most one duplicate per item in flight).
-        `exclude` names files whose upload is still running in this process.
+        reached the host; it is uploaded again (at most one duplicate per item in flight). An
+        interrupted push of a file deleted meanwhile is dropped, never resent after its
+        withdrawal. `exclude` names files whose upload is still running in this process.
         """
         with self._write() as db:
             files = sum(

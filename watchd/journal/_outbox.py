@@ -9,7 +9,11 @@ from collections.abc import Sequence
 
 from watchd.journal._services import count_quota
 from watchd.journal._store import Store
-from watchd.schema import FAILED, HELD, QUEUED, SENDING, OutboxRow
+from watchd.schema import DELETED, FAILED, HELD, QUEUED, SENDING, OutboxRow
+
+# A push whose file was deleted (tombstoned) meanwhile: when its call is over it is dropped, never
+# queued again, so the withdrawal `Files.tombstone` queued is the last thing Baidu hears of the id.
+_PUSH_OF_DELETED = f"action = 'push' AND file_id IN (SELECT id FROM files WHERE state = '{DELETED}')"
 
 
 def queue_outbox(
@@ -78,47 +82,72 @@ class Outbox(Store):
         """The earliest next-attempt time of queued Baidu items, None if none is queued."""
         return self._minimum("SELECT MIN(next_attempt_at) FROM outbox WHERE state = ?", (QUEUED,))
 
-    def mark_sending(self, ids: Sequence[int], quota: tuple[str, str] | None = None) -> None:
-        """Intent: these outbox items are about to be sent; `quota` (service, day) counts
-        them against that day's quota in the same transaction."""
+    def mark_sending(self, ids: Sequence[int], quota: tuple[str, str] | None = None) -> list[int]:
+        """Intent: these outbox items are about to be sent; returns those still queued, the
+        only ones to send (a push cancelled since it was picked, its file deleted, is not).
+
+        From here Baidu may hold a pushed id, whatever becomes of the call, so `baidu_may_hold`
+        is set in the same transaction: a later push of the file says `modify`, a deletion
+        withdraws it. `quota` (service, day) counts the items against that day's quota.
+        """
+        now = time.time()
         with self._write() as db:
+            marked = [
+                i
+                for i in ids
+                if db.execute(
+                    "UPDATE outbox SET state = ?, attempts = attempts + 1, updated_at = ? "
+                    "WHERE id = ? AND state = ?",
+                    (SENDING, now, i, QUEUED),
+                ).rowcount
+            ]
             db.executemany(
-                "UPDATE outbox SET state = ?, attempts = attempts + 1, updated_at = ? WHERE id = ?",
-                [(SENDING, time.time(), i) for i in ids],
+                "UPDATE files SET baidu_may_hold = 1 "
+                "WHERE id = (SELECT file_id FROM outbox WHERE id = ? AND action = 'push')",
+                [(i,) for i in marked],
             )
             if quota is not None:
                 count_quota(db, *quota, len(ids))
+        return marked
 
     def outbox_sent(self, rows: Sequence[OutboxRow], when: str) -> None:
         """Baidu has these items (or, for deletes, no longer has them): one transaction.
 
         A sent item leaves the outbox (the file's `pushed_at` says when): nothing reads it
-        again, and kept with its payload it cost ~1 KB a file for ever.
+        again, and kept with its payload it cost ~1 KB a file for ever. A withdrawn id is no
+        longer held by Baidu.
         """
         with self._write() as db:
             db.executemany("DELETE FROM outbox WHERE id = ?", [(row.id,) for row in rows])
             db.executemany(
-                "UPDATE files SET pushed_at = ? WHERE id = ?",
-                [(when if row.action == "push" else None, row.file_id) for row in rows],
+                "UPDATE files SET pushed_at = ?, baidu_may_hold = ? WHERE id = ?",
+                [(when, 1, row.file_id) if row.action == "push" else (None, 0, row.file_id) for row in rows],
             )
 
     def outbox_retry(self, ids: Sequence[int], reason: str, at: float) -> None:
+        """Queue these items again at `at` (pushes of files deleted meanwhile are dropped)."""
         with self._write() as db:
+            db.executemany(f"DELETE FROM outbox WHERE id = ? AND {_PUSH_OF_DELETED}", [(i,) for i in ids])
             db.executemany(
                 "UPDATE outbox SET state = ?, reason = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
                 [(QUEUED, reason, at, time.time(), i) for i in ids],
             )
 
     def outbox_failed(self, row: OutboxRow, reason: str) -> None:
+        """A permanent failure, kept for `watchd retry` (a push of a file deleted meanwhile is
+        dropped: retrying it would bring the id back)."""
         with self._write() as db:
+            db.execute(f"DELETE FROM outbox WHERE id = ? AND {_PUSH_OF_DELETED}", (row.id,))
             db.execute(
                 "UPDATE outbox SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
                 (FAILED, reason, time.time(), row.id),
             )
 
     def requeue_sending(self) -> int:
-        """Outbox items marked "sending" whose call is over (or died) go back to the queue."""
+        """Outbox items marked "sending" whose call is over (or died) go back to the queue,
+        except pushes of files deleted meanwhile, which are dropped."""
         with self._write() as db:
+            db.execute(f"DELETE FROM outbox WHERE state = ? AND {_PUSH_OF_DELETED}", (SENDING,))
             return db.execute(
                 "UPDATE outbox SET state = ?, next_attempt_at = 0 WHERE state = ?", (QUEUED, SENDING)
             ).rowcount
