@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from watchd.logs import LogFormat, add_secrets, setup_logging
+from watchd.watcher import Fact, FolderWatcher, Rescan, WatchSpec
 
 SECRET = "s3cr3t/key+with=chars"
 log = logging.getLogger("watchd.test")
@@ -199,6 +200,24 @@ def test_other_loggers_only_pass_warnings(stderr_file: Setup) -> None:
     logging.getLogger("httpx").info("HTTP Request: POST ...")
     logging.getLogger("httpx").warning("careful")
     assert [line.split(" ", 2)[2] for line in read()] == ["httpx: careful"]
+
+
+@pytest.mark.parametrize("level", ["debug", "info", "error"])
+def test_inotify_overflows_are_heard_at_every_level_and_shown_only_as_asked(
+    stderr_file: Setup, tmp_path: Path, level: str
+) -> None:
+    read = stderr_file(level=level)
+    facts: list[Fact] = []
+    folder_watcher = FolderWatcher([WatchSpec(tmp_path, True, poll=False)], facts.append)
+    folder_watcher.start()
+    try:
+        logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; events lost")
+    finally:
+        folder_watcher.stop()
+    assert facts == [Rescan(str(tmp_path))]
+    assert [line.split(" ", 2)[2] for line in read()] == (
+        [] if level == "error" else ["watchdog.observers.inotify_c: Inotify queue overflowed; events lost"]
+    )
 
 
 def test_second_setup_replaces_the_first(stderr_file: Setup) -> None:

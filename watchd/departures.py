@@ -2,16 +2,21 @@
 
 A vanished file first waits `grace` seconds for its other half: a move's destination
 arrives as a new file, and the pipeline pairs the two by content. After that it is retired
-(sidecar removed, withdrawal from Baidu queued), except that a folder that is missing or
-unreadable (unmounted, detached) is never a source of deletions, and a burst of deletions
-is held by the mass-delete guard for a person to confirm.
+(sidecar removed, withdrawal from Baidu queued), except that a folder that is unavailable
+(missing, unreadable, unmounted or not mounted yet) is never a source of deletions, and a
+burst of deletions is held by the mass-delete guard for a person to confirm.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import select
+import weakref
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
 
 from watchd.guard import DeleteGuard
 from watchd.journal import Journal
@@ -20,26 +25,95 @@ from watchd.schema import FileRow
 log = logging.getLogger(__name__)
 
 CONFIRMED = 2  # files.delete_held: confirmed by `watchd confirm-deletes`, retired past the guard
+MOUNTINFO = "/proc/self/mountinfo"
+_UNREACHABLE = "it is missing or cannot be read (unmounted? detached?); nothing is withdrawn until it is back"
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where a folder's content comes from: the mount point above it and that device."""
+
+    mount: str
+    device: int
 
 
 class FolderAvailability:
-    """Whether a watched folder is there and readable; each change is logged once."""
+    """Whether a watched folder holds its real content; each change is logged once.
 
-    def __init__(self) -> None:
-        self._unavailable: set[str] = set()
+    Existing and readable is not enough: an unmounted share leaves its mount point behind,
+    an empty readable directory of the parent filesystem, and reading that as "every file
+    deleted" would withdraw them all. So a folder is also unavailable when
+    - the filesystem it was on when last available is no longer mounted (its mount point is
+      now a higher one): the files are elsewhere, not deleted;
+    - it is empty while `journal` knows files that were there when last looked at (a share
+      not mounted yet when watchd starts). A folder emptied while watched is not: its files
+      were marked vanished one by one as they went.
+
+    A folder found on a newly mounted filesystem (a share mounted again, or after watchd
+    started) is available and reported once by `remounted()`.
+    """
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self._places: dict[str, _Place] = {}  # where each folder was when last available
+        self._unavailable: dict[str, str] = {}  # folder -> why, as last logged
+        self._remounted: set[str] = set()
+        self._mounts = _MountTable()
 
     def __call__(self, root: str) -> bool:
-        available = os.path.isdir(root) and os.access(root, os.R_OK | os.X_OK)
-        if available:
-            self._unavailable.discard(root)
-        elif root not in self._unavailable:
-            self._unavailable.add(root)
-            log.error(
-                "watched folder %s is unavailable (unmounted? detached?): nothing is withdrawn "
-                "until it is back",
-                root,
+        problem = self._problem(root)
+        if problem is None:
+            self._unavailable.pop(root, None)
+        elif self._unavailable.get(root) != problem:
+            self._unavailable[root] = problem
+            log.error("watched folder %s is unavailable: %s", root, problem)
+        return problem is None
+
+    def remounted(self) -> set[str]:
+        """Folders found on a newly mounted filesystem since the last call: watches set on the
+        old one see nothing there, so they must be renewed and the folder reconciled.
+
+        A share unmounted and mounted again between two calls can look the same to stat()
+        (device numbers are reused); it is then the newest mount, so an available folder on
+        the newest mount counts as remounted whenever anything was (un)mounted meanwhile.
+        """
+        if (newest := self._mounts.newest_if_changed()) is not None:
+            self._remounted.update(
+                root
+                for root, place in self._places.items()
+                if place.mount == newest and root not in self._unavailable
             )
-        return available
+        found, self._remounted = self._remounted, set()
+        return found
+
+    def _problem(self, root: str) -> str | None:
+        """Why `root` does not hold its real content now, or None when it does."""
+        try:
+            device = os.stat(root).st_dev
+            with os.scandir(root) as entries:
+                empty = next(entries, None) is None
+        except OSError:
+            return _UNREACHABLE
+        if not os.access(root, os.R_OK | os.X_OK):
+            return _UNREACHABLE
+        place = _Place(_mount_point(root), device)
+        last = self._places.get(root)
+        if last is not None and len(place.mount) < len(last.mount):
+            return (
+                f"the filesystem mounted at {last.mount} that held it is no longer mounted; nothing is "
+                "withdrawn until it is mounted again (if the folder is meant to stay where it is now, "
+                "restart watchd)"
+            )
+        if empty and (known := self._journal.present_count(root)):
+            return (
+                f"it is empty although {known} files were there (a share not mounted yet?); nothing is "
+                f"withdrawn. If you emptied it on purpose, put any file in it (touch {root}/.keep): "
+                "the deletions then pass the mass-delete guard like any other"
+            )
+        if last is not None and place != last:
+            self._remounted.add(root)
+        self._places[root] = place
+        return None
 
 
 class Departures:
@@ -72,10 +146,12 @@ class Departures:
         gone, no worker holds them, their folder is available and the guard admits them."""
         fresh: list[FileRow] = []
         confirmed: list[FileRow] = []
-        for row in self._journal.missing(older_than=now if force else now - self.grace):
+        rows = self._journal.missing(older_than=now if force else now - self.grace)
+        available = {root: self._available(root) for root in {row.root for row in rows}}
+        for row in rows:
             if row.path is not None and os.path.lexists(row.path):
                 self._journal.mark_missing(row.id, None)
-            elif row.id not in in_flight and self._available(row.root):
+            elif row.id not in in_flight and available[row.root]:
                 (confirmed if row.delete_held == CONFIRMED else fresh).append(row)
         allowed, held = self._guard.admit(fresh, self._journal.live_count)
         if held:
@@ -87,3 +163,39 @@ class Departures:
                 ", ".join(sorted({row.root for row in held})),
             )
         return confirmed + allowed
+
+
+class _MountTable:
+    """The kernel's mount table, polled: it flags every mount and unmount (proc(5))."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        try:
+            self._file: BinaryIO | None = open(MOUNTINFO, "rb")  # noqa: SIM115 - kept open to be polled
+        except OSError:  # no procfs: changes go unnoticed, stat() still tells most remounts
+            self._file = None
+            return
+        weakref.finalize(self, self._file.close)
+        self._poll.register(self._file, select.POLLPRI)
+
+    def newest_if_changed(self) -> str | None:
+        """The mount point of the newest mount, if anything was mounted or unmounted since the
+        last call (mounts are listed oldest first); else None."""
+        if self._file is None or not self._poll.poll(0):
+            return None
+        self._file.seek(0)
+        lines = self._file.read().splitlines()
+        return _unescape(os.fsdecode(lines[-1].split()[4])) if lines else None
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path with its octal escapes (space, tab, newline, backslash) decoded."""
+    return re.sub(r"\\([0-7]{3})", lambda octal: chr(int(octal[1], 8)), field)
+
+
+def _mount_point(path: str) -> str:
+    """The mount point `path` is on (itself or its nearest ancestor that is one)."""
+    path = os.path.realpath(path)
+    while not os.path.ismount(path):
+        path = os.path.dirname(path)
+    return path

@@ -244,7 +244,13 @@ class FolderWatcher:
         self.unavailable: list[Path] = []
 
     def start(self) -> None:
-        logging.getLogger(_OverflowListener.LOGGER).addHandler(self._overflow)
+        overflows = logging.getLogger(_OverflowListener.LOGGER)
+        # The listener hears only records that are created: with `--log-level error` the root
+        # logger's level would drop watchdog's warning before any handler sees it (whether it
+        # is shown is the stderr handler's business, see `watchd.logs`).
+        if overflows.level == logging.NOTSET or overflows.level > logging.WARNING:
+            overflows.setLevel(logging.WARNING)
+        overflows.addHandler(self._overflow)
         # Observers run before folders are scheduled, so that a folder whose watches cannot
         # be added fails on its own (in schedule) instead of failing the observer's start.
         self._inotify.start()

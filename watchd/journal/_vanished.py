@@ -37,6 +37,18 @@ class Vanished(Store):
                 known = self._any_missing
         return known
 
+    def present_count(self, root: str) -> int:
+        """Files in one watched folder that were there when last looked at (neither vanished nor
+        tombstones): if the folder is empty, it is not the folder they were in (not mounted)."""
+        with self._lock:
+            return int(
+                self._db.execute(
+                    "SELECT COUNT(*) FROM files "
+                    "WHERE root = ? AND path IS NOT NULL AND missing_since IS NULL",
+                    (root,),
+                ).fetchone()[0]
+            )
+
     def find_moved_source(self, sha256: str, size: int) -> FileRow | None:
         """The vanished file that held exactly this content, if any: the new file is that one moved."""
         return self._one(

@@ -1,0 +1,179 @@
+"""Unmounted, not-yet-mounted and remounted folders are never read as emptied (real tmpfs mounts)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from watchd.departures import Departures, FolderAvailability
+from watchd.guard import DeleteGuard
+from watchd.journal import FileRow, Journal
+
+
+class Share:
+    """A tmpfs mounted on `path`, standing for a network share."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.root = str(path)
+
+    def mount(self, *names: str) -> None:
+        subprocess.run(["mount", "-t", "tmpfs", "none", self.root], check=True, capture_output=True)
+        for name in names:
+            (self.path / name).write_bytes(name.encode())
+
+    def umount(self) -> None:
+        subprocess.run(["umount", self.root], check=True, capture_output=True)
+
+
+@pytest.fixture
+def share(tmp_path: Path) -> Iterator[Share]:
+    """An unmounted share (its empty mount point); whatever a test mounts is unmounted after it."""
+    point = tmp_path / "share"
+    point.mkdir()
+    share = Share(point)
+    try:
+        share.mount()
+        share.umount()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("mounting a tmpfs needs root")
+    yield share
+    while os.path.ismount(point):
+        subprocess.run(["umount", "-l", share.root], check=False)
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    journal = Journal.open(tmp_path / "state")
+    yield journal
+    journal.close()
+
+
+def known(journal: Journal, share: Share, *names: str) -> list[FileRow]:
+    return [journal.add(str(share.path / name), share.root, 1, 1, None) for name in names]
+
+
+def unavailable_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name == "watchd.departures" and "unavailable" in r.msg
+    ]
+
+
+def test_an_unmounted_share_is_unavailable_even_when_files_appear_under_its_mount_point(
+    share: Share, journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    share.mount("a.png")
+    known(journal, share, "a.png")
+    available = FolderAvailability(journal)
+    assert available(share.root)
+    share.umount()
+    (share.path / "stray.png").write_bytes(b"written to the parent filesystem meanwhile")
+    assert not available(share.root) and not available(share.root)
+    [line] = unavailable_lines(caplog)
+    assert f"mounted at {share.root} that held it is no longer mounted" in line
+    assert available.remounted() == set()
+
+    share.mount("a.png")
+    assert available(share.root)
+    assert available.remounted() == {share.root}, "its watches must be renewed"
+    assert available.remounted() == set()
+
+
+def test_a_share_not_mounted_yet_at_start_is_unavailable_until_it_is(
+    share: Share, journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    share.mount("a.png", "b.png")
+    known(journal, share, "a.png", "b.png")
+    share.umount()
+    available = FolderAvailability(journal)  # a new process: it never saw the share mounted
+    assert not available(share.root)
+    [line] = unavailable_lines(caplog)
+    assert "empty although 2 files were there" in line and f"touch {share.root}/.keep" in line
+    share.mount()
+    assert not available(share.root), "an empty share is not the one the files were on"
+    share.umount()
+    share.mount("a.png", "b.png")
+    assert available(share.root)
+
+
+def test_an_empty_folder_is_available_once_its_files_vanished_or_when_it_should_be_empty(
+    share: Share, journal: Journal
+) -> None:
+    available = FolderAvailability(journal)
+    assert available(share.root), "nothing known there: nothing to lose"
+    rows = known(journal, share, "a.png")
+    assert not available(share.root)
+    journal.mark_missing(rows[0].id, 1.0)  # deleted while watched: it was seen to go
+    assert available(share.root)
+    journal.mark_missing(rows[0].id, None)
+    (share.path / ".keep").write_bytes(b"")  # what the log line tells a person who emptied it
+    assert available(share.root)
+
+
+def test_a_share_mounted_after_start_is_reported_for_new_watches(share: Share, journal: Journal) -> None:
+    available = FolderAvailability(journal)
+    assert available(share.root)
+    share.mount("a.png")
+    assert available(share.root)
+    assert available.remounted() == {share.root}
+
+
+def test_a_share_unmounted_and_mounted_again_between_two_checks_is_reported(
+    share: Share, journal: Journal
+) -> None:
+    share.mount("a.png")
+    available = FolderAvailability(journal)
+    assert available(share.root) and available.remounted() == set()
+    share.umount()
+    share.mount("a.png")  # same device number, same inodes: stat() cannot tell
+    assert available(share.root)
+    assert available.remounted() == {share.root}
+    assert available.remounted() == set()
+
+
+def test_files_that_vanished_with_their_share_are_never_due_and_come_back_with_it(
+    share: Share, journal: Journal
+) -> None:
+    share.mount("a.png", "b.png", "c.png")
+    rows = known(journal, share, "a.png", "b.png", "c.png")
+    available = FolderAvailability(journal)
+    departures = Departures(journal, DeleteGuard(), available, grace=0.0, clock=lambda: 100.0)
+    assert available(share.root)
+    share.umount()
+    departures.gone(rows)  # a reconciliation that raced the unmount
+    assert departures.due(200.0, force=True, in_flight=()) == []
+    share.mount("a.png", "b.png", "c.png")
+    assert departures.due(200.0, force=True, in_flight=()) == []
+    assert journal.missing(older_than=300.0) == []
+
+
+def test_a_file_deleted_from_a_mounted_share_is_still_due(share: Share, journal: Journal) -> None:
+    share.mount("a.png", "b.png")
+    rows = known(journal, share, "a.png", "b.png")
+    available = FolderAvailability(journal)
+    departures = Departures(journal, DeleteGuard(), available, grace=0.0, clock=lambda: 100.0)
+    assert available(share.root)
+    for path in share.path.iterdir():
+        path.unlink()
+    departures.gone(rows)
+    assert [row.id for row in departures.due(200.0, force=True, in_flight=())] == [r.id for r in rows]
+
+
+def test_unavailable_is_logged_once_per_cause(
+    share: Share, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR)
+    available = FolderAvailability(Journal.open(tmp_path / "state"))
+    share.path.rmdir()
+    assert not available(share.root) and not available(share.root)
+    assert len(unavailable_lines(caplog)) == 1
+    share.path.mkdir()
+    assert available(share.root)
+    share.path.rmdir()
+    assert not available(share.root)
+    assert len(unavailable_lines(caplog)) == 2
