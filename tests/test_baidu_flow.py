@@ -12,9 +12,14 @@ import pytest
 from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import png
 from watchd import pipeline as pipeline_module
+from watchd.batcher import BaiduBatcher
 from watchd.config import load_settings
 from watchd.emulator import Emulator
 from watchd.engine import Engine
+from watchd.errors import TransientError
+from watchd.indexers.baidu import BaiduIndexer
+from watchd.indexers.base import ItemResult, PushItem
+from watchd.journal import OutboxRow
 
 
 def pushes(emulator: Emulator) -> list:
@@ -161,7 +166,7 @@ def test_quota_pauses_baidu_until_the_reset_then_resumes(
     for n in range(5):
         (public / f"q{n}.png").write_bytes(png(n + 1, 5))
     engine = Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None)
-    assert engine.sync() == 0
+    assert engine.sync() == 1  # Baidu items are left queued behind the quota
     first_calls = len(pushes(emulator))
     assert any(c.errno == 301002 for c in pushes(emulator))
     (public / "q9.png").write_bytes(png(30, 5))
@@ -262,3 +267,81 @@ def test_the_last_units_of_a_days_baidu_quota_are_used_and_the_rest_waits_for_th
     engine = Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None)
     assert engine.sync() == 0
     assert [len(c.items) for c in pushes(emulator)] == [10, 5]
+
+
+@pytest.fixture
+def drained(tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """One Baidu folder, and a batcher that sends only when a sync drains it at its end, so a
+    sync takes in every change before anything is sent."""
+    monkeypatch.setattr(BaiduBatcher, "run_forever", lambda _self: None)
+    public = tmp_path / "public"
+    public.mkdir()
+    return write_config(
+        tmp_path / "config.yaml", emulator, [{"path": public}], state_dir=tmp_path / "state"
+    ), public
+
+
+def _killed_before_recording(
+    _self: BaiduBatcher, _action: str, _rows: list[OutboxRow], _results: list[ItemResult]
+) -> None:
+    """As a kill -9 right after Baidu answered: the items stay "sending" in the journal."""
+
+
+def test_a_file_deleted_after_its_push_reached_baidu_unrecorded_is_withdrawn(
+    drained: tuple[Path, Path], emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, public = drained
+    gone = public / "gone.png"
+    gone.write_bytes(png(4, 4))
+    with monkeypatch.context() as patch:
+        patch.setattr(BaiduBatcher, "_record", _killed_before_recording)
+        Engine(load_settings(config)).sync()
+    assert len(emulator.baidu_index()) == 1
+    gone.unlink()  # while stopped: the restart requeues the push, then retires the file
+    assert Engine(load_settings(config)).sync() == 0
+    assert emulator.baidu_index() == {}
+    assert [c.endpoint for c in emulator.baidu_calls()] == ["pushPic", "delPic"]
+
+
+def test_a_push_in_flight_when_its_file_is_deleted_is_never_sent_again(
+    drained: tuple[Path, Path], emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, public = drained
+    gone = public / "gone.png"
+    gone.write_bytes(png(5, 5))
+    now = [1_800_000_000.0]
+    engine = Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None)
+    real_push = BaiduIndexer.push
+
+    def push_then_time_out(self: BaiduIndexer, items: list[PushItem]) -> list[ItemResult]:
+        if gone.exists():  # the call reaches Baidu; meanwhile the original is deleted and retired
+            real_push(self, items)
+            gone.unlink()
+            row = engine.journal.get(str(gone))
+            assert row is not None
+            engine.pipeline.retire(row)
+        raise TransientError("timed out", service="baidu")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BaiduIndexer, "push", push_then_time_out)
+        engine.sync()
+    now[0] += 86_400  # any retry of the push would be due by now
+    assert Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None).sync() == 0
+    assert emulator.baidu_index() == {}
+    assert [c.endpoint for c in emulator.baidu_calls()] == ["pushPic", "delPic"]
+
+
+def test_a_change_after_a_push_reached_baidu_unrecorded_is_pushed_as_a_modification(
+    drained: tuple[Path, Path], emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, public = drained
+    cat = public / "cat.png"
+    cat.write_bytes(png(6, 6))
+    with monkeypatch.context() as patch:
+        patch.setattr(BaiduBatcher, "_record", _killed_before_recording)
+        Engine(load_settings(config)).sync()
+    cat.write_bytes(png(7, 6))  # changed while stopped: the restart re-uploads it
+    assert Engine(load_settings(config)).sync() == 0
+    assert [(c.items[0]["extra"]["modify"], c.errno) for c in pushes(emulator)] == [("0", 0), ("1", 0)]
+    (stored,) = emulator.baidu_index().values()
+    assert stored["objurl"] == emulator.uploads()[-1].link

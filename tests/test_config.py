@@ -428,3 +428,20 @@ def test_numbers_are_accepted_where_text_is_expected(tmp_path: Path) -> None:
 def test_secrets_never_appear_in_yaml_syntax_problems(tmp_path: Path, line: str) -> None:
     (problem,) = problems_of(write(tmp_path, f"hosts:\n  me:\n    type: imageban\n    {line}\n"))
     assert "bad YAML" in problem and SECRET not in problem
+
+
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        (SECRET + "\u00a0", "space or line break at character 17"),  # a non-breaking space
+        ("TOP SECRET", "space or line break at character 4"),
+        (SECRET + "\u200b", "non-ASCII or control character at character 17"),
+    ],
+)
+def test_a_secret_with_a_pasted_stray_character_is_refused_without_showing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, what: str
+) -> None:
+    monkeypatch.setenv("TEST_KEY", value)
+    (problem,) = problems_of(write(tmp_path, MINIMAL))
+    assert "hosts.me.secret_key" in problem and what in problem and "copy the secret again" in problem
+    assert "TOP" not in problem and "SECRET" not in problem

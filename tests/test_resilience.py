@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -94,6 +95,26 @@ def test_the_configured_daily_quota_is_never_exceeded(tmp_path: Path, emulator: 
     assert len([r for r in emulator.requests() if r.path == "/v1"]) == 3
     assert run_cli("sync", "-c", str(config)).returncode == 1
     assert len([r for r in emulator.requests() if r.path == "/v1"]) == 3
+
+
+def test_attempts_that_never_reached_the_host_do_not_use_up_its_quota(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    config, folder = make_config(tmp_path, emulator)
+    with socket.socket() as probe:  # a port nothing listens on: every connection is refused
+        probe.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    reachable = config.read_text().replace("type: imageban\n", "type: imageban\n    daily_quota: 3\n", 1)
+    reachable = "concurrency: 1\n" + reachable  # one reservation at a time (see the note on issue 6)
+    config.write_text(reachable.replace(emulator.imageban_url, dead_url))
+    for n in range(5):
+        (folder / f"c{n}.png").write_bytes(png(n + 1, 6))
+    now = [time.time()]
+    assert Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None).sync() == 1
+    config.write_text(reachable)  # the host is back; the retries are due an hour later
+    now[0] += 3600
+    assert Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None).sync() == 1
+    assert len(emulator.uploads()) == 3  # the whole quota, none of it spent on refused connections
 
 
 def test_kill_9_at_random_moments_loses_nothing_and_duplicates_only_in_flight_work(

@@ -19,7 +19,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from watchd.errors import AlreadyDoneError, ConfigurationError, PermanentFileError, QuotaError, ServiceError
+from watchd.errors import (
+    AlreadyDoneError,
+    ConfigurationError,
+    PermanentFileError,
+    QuotaError,
+    ServiceError,
+    TransientError,
+)
 from watchd.indexers.base import Indexer, ItemResult, PushItem
 from watchd.journal import FileRow, Journal, OutboxRow
 from watchd.pipeline import Pipeline, utc_now
@@ -149,7 +156,14 @@ class BaiduBatcher:
         if action == "push" and quota is None:
             self._pause_for_quota(ids, f"daily Baidu quota of {self.quota.limit} images used up")
             return
-        self.journal.mark_sending(ids, quota)
+        ids = self.journal.mark_sending(ids, quota)
+        if len(ids) < len(rows):  # cancelled since they were picked (a push of a deleted file)
+            if quota is not None:
+                self.quota.give_back(quota, len(rows) - len(ids))
+            marked = set(ids)
+            rows = [row for row in rows if row.id in marked]
+            if not rows:
+                return
         call: Callable[[], list[ItemResult]]
         if action == "push":
             items = [_push_item(row) for row in rows]
@@ -170,6 +184,8 @@ class BaiduBatcher:
             log.error("Baidu paused: %s", reason)
             return
         except ServiceError as exc:
+            if quota is not None and isinstance(exc, TransientError) and not exc.reached:
+                self.quota.give_back(quota, len(ids))  # counted in `mark_sending`, never sent
             attempts = max(row.attempts for row in rows) + 1
             self.journal.outbox_retry(ids, str(exc), self.pipeline.retry_at(attempts, exc))
             log.warning("Baidu %s of %d items deferred: %s", action, len(rows), exc)

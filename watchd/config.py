@@ -60,7 +60,12 @@ def _sidecar_name(value: str) -> str:
     used = templates.validate(value)
     if "/" in value:
         raise ValueError("must be a plain file name (the sidecar sits next to its original): remove the '/'")
-    if not set(used) & {"name", "stem", "relpath", "id", "link", "short_link"}:
+    with_slashes = sorted(set(used) & {"relpath", "link", "short_link"})
+    if with_slashes:
+        raise ValueError(
+            f"cannot use {{{with_slashes[0]}}}: it holds '/', and a sidecar name must be a plain file name"
+        )
+    if not set(used) & {"name", "stem", "id"}:
         raise ValueError("must contain {name} or {stem} so that every image gets its own sidecar")
     return value
 
@@ -89,8 +94,16 @@ def _http_url(value: str) -> str:
 
 
 def _secret(value: SecretStr) -> SecretStr:
-    if not value.get_secret_value():
+    """Keys and tokens are printable ASCII: anything else is a copy-paste accident (a
+    non-breaking space, a line break) that would fail every request. The message says
+    where, never what."""
+    text = value.get_secret_value()
+    if not text:
         raise ValueError("is empty: set the secret, or remove the key")
+    for position, char in enumerate(text, 1):
+        if not (char.isascii() and char.isprintable()) or char.isspace():
+            what = "a space or line break" if char.isspace() else "a non-ASCII or control character"
+            raise ValueError(f"holds {what} at character {position}: copy the secret again, exactly")
     return value
 
 

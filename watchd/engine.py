@@ -42,7 +42,7 @@ from watchd.metrics import GaugeValues, Metrics, MetricsServer, journal_gauges
 from watchd.pipeline import Intake, Pipeline, candidate_name
 from watchd.quota import QuotaGate
 from watchd.rules import RULE_FILE_NAME
-from watchd.scan import reconcile
+from watchd.scan import printable, reconcile, recordable
 from watchd.settling import Settler
 from watchd.systemd import Notifier, WatchdogPinger
 from watchd.watcher import Changed, DirGone, Fact, Finished, FolderWatcher, Gone, Moved, Rescan, WatchSpec
@@ -119,12 +119,15 @@ class Engine:
             clock=clock,
         )
         self._settler = Settler(settings.settle, clock)
-        self._available = FolderAvailability()
+        self._available = FolderAvailability(self.journal)
+        self._guard: DeleteGuard | None = None
         self._status_dirty = False
         self._status_sent = 0.0
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
         self._dirty: set[int] = set()
+        self._moves_after_work: dict[int, str] = {}  # file id → where it moved while in flight
+        self._unrecordable: set[str] = set()  # paths already warned about
         self._watched_roots: set[str] = set()
         self._next_root_check = 0.0
         self._next_rescan = clock() + _jittered(settings.rescan_interval)
@@ -143,18 +146,21 @@ class Engine:
                 client=self.http,
                 client_id=host.client_id.get_secret_value() if host.client_id else None,
                 secret_key=host.secret_key.get_secret_value() if host.secret_key else None,
+                timeout=host.timeout,
             )
             for name, host in settings.hosts.items()
         }
         self.settings = settings
         self._settler.settle = settings.settle
-        guard = DeleteGuard(
-            max_files=settings.delete_guard.max_files,
-            max_percent=settings.delete_guard.max_percent,
-            window=settings.delete_guard.window,
-            clock=self.clock,
+        limits = settings.delete_guard
+        if self._guard is None:
+            self._guard = DeleteGuard(clock=self.clock)
+        # Kept across reloads with new limits: its window of recent deletions must not reset.
+        self._guard.max_files, self._guard.max_percent = limits.max_files, limits.max_percent
+        self._guard.window = limits.window
+        self.departures = Departures(
+            self.journal, self._guard, self._available, grace=self.grace, clock=self.clock
         )
-        self.departures = Departures(self.journal, guard, self._available, grace=self.grace, clock=self.clock)
         self.pipeline = Pipeline(settings, self.journal, hosts, clock=self.clock, sleep=self.sleep)
         self.batcher = None
         if settings.baidu is not None:
@@ -163,6 +169,7 @@ class Engine:
                 app_token=settings.baidu.app_token.get_secret_value(),
                 api_base=settings.baidu.api_base,
                 client=self.http,
+                timeout=settings.baidu.timeout,
             )
             quota = QuotaGate(
                 self.journal, BAIDU, settings.baidu.daily_quota, settings.baidu.quota_reset_tz, self.clock
@@ -221,9 +228,11 @@ class Engine:
         self._loop(until_idle=True)
         counts = self.journal.counts()
         self.left_queued = counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]
+        self.left_queued += self.journal.outbox_depth()  # Baidu items waiting (a pause, a retry)
         self._shutdown()
         baidu_failed = self.batcher.outcomes["failed"] if self.batcher is not None else 0
-        return 1 if self.outcomes["failed"] or baidu_failed or self.left_queued else 0
+        failed = self.outcomes["failed"] or self.outcomes["error"] or baidu_failed
+        return 1 if failed or self.left_queued else 0
 
     def _start(self, *, watch: bool) -> None:
         """Resume what a previous process left, start the threads, queue a full reconciliation."""
@@ -311,7 +320,8 @@ class Engine:
         except queue.Empty:
             fact = None
         while fact is not None:
-            self._handle(fact)
+            if (screened := self._screen(fact)) is not None:
+                self._handle_safely(screened)
             try:
                 fact = self._facts.get_nowait()
             except queue.Empty:
@@ -362,11 +372,53 @@ class Engine:
         interval = self.notifier.watchdog_interval()
         return max(0.005, min([30.0, (interval or 30.0), *(d - now for d in deadlines)]))
 
+    def _screen(self, fact: Fact | Done | _TakeIn | _Control) -> Fact | Done | _TakeIn | _Control | None:
+        """Keep the journal away from paths it cannot hold (names that are not valid UTF-8):
+        such a file is skipped with a warning, and a move to or from one is a deletion or a
+        new file."""
+        match fact:
+            case Moved(src, dest) if not (recordable(src) and recordable(dest)):
+                if not recordable(dest):
+                    self._skip_unrecordable(dest)
+                    return Gone(src) if recordable(src) else None
+                return Finished(dest)
+            case Finished(path) | Changed(path) | Rescan(path) if not recordable(path):
+                self._skip_unrecordable(path)
+                return None
+            case Gone(path) | DirGone(path) if not recordable(path):
+                return None  # never journaled
+        return fact
+
+    def _skip_unrecordable(self, path: str) -> None:
+        if path not in self._unrecordable:
+            self._unrecordable.add(path)
+            log.warning(
+                "skipped %s: its name is not valid UTF-8, which the journal cannot record; rename it "
+                "(convmv can convert a whole tree) and it is published",
+                printable(path),
+            )
+
+    def _handle_safely(self, fact: Fact | Done | _TakeIn | _Control) -> None:
+        """A bug met while handling one fact is logged, not fatal: the daemon keeps serving
+        every other file, and reconciliation looks at this one again. Journal errors go on
+        to the loop, which waits for the disk."""
+        try:
+            self._handle(fact)
+        except sqlite3.Error:
+            raise
+        except Exception as exc:
+            log.exception("internal error while handling %s; carrying on (please report this)", fact)
+            self.outcomes["error"] += 1
+            self.last_error = f"internal error: {type(exc).__name__}"
+
     def _handle(self, fact: Fact | Done | _TakeIn | _Control) -> None:
         match fact:
             case Finished(path) | Changed(path) | Gone(path) if os.path.basename(path) == RULE_FILE_NAME:
-                for again in self.pipeline.rule_file_changed(path):
-                    self._intake(again, settled=False)
+                self._rule_file_changed(path)
+            case Moved(src, dest) if RULE_FILE_NAME in (os.path.basename(src), os.path.basename(dest)):
+                for rule_file in {src, dest}:  # an editor saving by rename, or a rule file moved
+                    if os.path.basename(rule_file) == RULE_FILE_NAME:
+                        self._rule_file_changed(rule_file)
             case Finished(path):
                 self._settler.forget(path)
                 self._intake(path, settled=False)
@@ -397,6 +449,10 @@ class Engine:
             case _Control("reload"):
                 self._reload()
 
+    def _rule_file_changed(self, rule_file: str) -> None:
+        for again in self.pipeline.rule_file_changed(rule_file):
+            self._intake(again, settled=False)
+
     def _intake(self, path: str, *, settled: bool) -> None:
         row = self.journal.get(path)
         if row is not None and row.id in self.workers.in_flight:
@@ -409,25 +465,34 @@ class Engine:
             self._count("failed", path)
 
     def _note_change(self, path: str) -> None:
-        if candidate_name(os.path.basename(path)):
+        if self.pipeline.ours(path):
             self._settler.changed(path)
 
     def _moved(self, src: str, dest: str) -> None:
         row = self.journal.get(src)
-        if row is None or row.state == j.FAILED:
+        if row is None or (row.state == j.FAILED and row.uploaded() is None):
             if row is not None:
-                self.journal.forget(row.id)
+                self.journal.forget(row.id)  # never sent anywhere: nothing to carry over
             self._intake(dest, settled=False)
             return
-        if self.pipeline.folder_for(dest) is None or not candidate_name(os.path.basename(dest)):
+        if not self.pipeline.ours(dest):  # moved out, or into a hidden directory (a Trash)
             self.departures.gone([row])
             return
+        if row.id in self.workers.in_flight:  # the worker holds the old path: move once it is done
+            self._moves_after_work[row.id] = dest
+            return
+        replaced = self.journal.get(dest)
+        if replaced is not None and replaced.id != row.id and replaced.uploaded() is not None:
+            self._retire(replaced)  # `mv a.png b.png` over a published b.png: b is deleted
         self.pipeline.move(row, dest)
+
+    def _retire(self, row: j.FileRow) -> None:
+        if self.pipeline.retire(row) and self.batcher is not None:
+            self.batcher.wake()
 
     def _retire_departed(self, now: float, *, force: bool) -> None:
         for row in self.departures.due(now, force=force, in_flight=self.workers.in_flight):
-            if self.pipeline.retire(row) and self.batcher is not None:
-                self.batcher.wake()
+            self._retire(row)
 
     def _check_roots(self, now: float) -> None:
         """Every few seconds: a folder that vanished or came back gets its watches renewed."""
@@ -435,9 +500,10 @@ class Engine:
             return
         self._next_root_check = now + ROOT_CHECK_INTERVAL
         available = {str(f.path) for f in self.settings.folders if self._available(str(f.path))}
-        if available == self._watched_roots:
+        remounted = self._available.remounted()
+        if available == self._watched_roots and not remounted:
             return
-        back = available - self._watched_roots
+        back = (available - self._watched_roots) | remounted
         self._restart_watcher()
         for root in sorted(back):
             log.info("watched folder %s is available again; reconciling it", root)
@@ -454,7 +520,7 @@ class Engine:
     def _restart_watcher(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
-        self._watched_roots = {str(f.path) for f in self.settings.folders if f.path.is_dir()}
+        self._watched_roots = {str(f.path) for f in self.settings.folders if self._available(str(f.path))}
         self.watcher = FolderWatcher(self._watch_specs(), self._facts.put)
         self.watcher.start()
 
@@ -474,6 +540,8 @@ class Engine:
                     self.journal.mark_missing(row.id, now)
             elif difference.kind == "sidecar":
                 self.pipeline.restore_sidecar(difference.path)
+            elif difference.kind == "unrecordable":
+                self._skip_unrecordable(difference.path)
             else:
                 found.append(difference.path)
         log.info("reconciled %s: %d new or changed files", root, len(found))
@@ -496,7 +564,10 @@ class Engine:
             self.metrics.observe(outcome, seconds)
         if outcome == "journal":
             raise sqlite3.OperationalError("a worker could not write the journal")
-        if outcome != "done" or file_id in self._dirty:  # the path may have changed meanwhile
+        moved_to = self._moves_after_work.pop(file_id, None)
+        if moved_to is not None and (row := self.journal.get_by_id(file_id)) and row.path is not None:
+            self._moved(row.path, moved_to)
+        if outcome != "done" or file_id in self._dirty or moved_to is not None:  # the path may have moved
             row = self.journal.get_by_id(file_id)
             path = row.path if row is not None else None
         self._count(outcome, path or f"#{file_id}")

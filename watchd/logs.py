@@ -2,7 +2,8 @@
 
 `setup_logging()` installs one stderr handler on the root logger (so warnings from
 libraries get the same treatment) and sets the level of the "watchd" logger tree; other
-loggers pass WARNING and above. Every event is exactly one line, whatever the layout:
+loggers pass WARNING and above (only ERROR and above at level "error"). Every event is
+exactly one line, whatever the layout:
 
 - under systemd (`JOURNAL_STREAM` names our stderr): `<6>message`, the sd-daemon(3)
   priority prefix and no timestamp, since journald adds both the time and the unit;
@@ -147,7 +148,8 @@ class _Handler(logging.StreamHandler[TextIO]):
 
 
 def setup_logging(level: str = "info", fmt: LogFormat = "auto", secrets: Iterable[str] = ()) -> None:
-    """Send the "watchd" logger tree at `level` (and other loggers' warnings) to stderr.
+    """Send the "watchd" logger tree at `level` (and other loggers' warnings, unless `level`
+    is "error") to stderr; nothing below `level` is shown, whatever a logger's own level.
 
     Idempotent: a second call replaces the handler of the first (the CLI calls it again
     once the config, and so the secrets, are known). Raise ValueError for an unknown level.
@@ -157,6 +159,9 @@ def setup_logging(level: str = "info", fmt: LogFormat = "auto", secrets: Iterabl
         raise ValueError(f"unknown log level {level!r}")
     stream = sys.stderr
     handler = _Handler(stream)
+    # The handler filters too: a logger whose level is set explicitly (the watcher lets
+    # watchdog's overflow warnings through to hear them) must not show more than asked for.
+    handler.setLevel(numeric)
     handler.setFormatter(_formatter(fmt, stream))
     handler.addFilter(_ExceptionText(full=numeric <= logging.DEBUG))
     handler.addFilter(SecretFilter(secrets))
@@ -174,6 +179,16 @@ def add_secrets(values: Iterable[str]) -> None:
         for filt in handler.filters:
             if isinstance(filt, SecretFilter):
                 filt.add_secrets(values)
+
+
+def redact(text: str) -> str:
+    """`text` with every secret the log filter knows replaced: for text kept outside the
+    logs (a failure reason in the journal, shown by `status`)."""
+    for handler in logging.getLogger().handlers:
+        for filt in handler.filters:
+            if isinstance(filt, SecretFilter):
+                return filt.redact(text)
+    return text
 
 
 def _formatter(fmt: LogFormat, stream: TextIO) -> logging.Formatter:

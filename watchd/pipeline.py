@@ -116,17 +116,11 @@ class Pipeline:
         caller has just read.
         """
         folder = self.folder_for(path)
-        if folder is None or not candidate_name(os.path.basename(path)):
+        if folder is None or not self.ours(path):
             return Intake.IGNORED
         root = str(folder.path)
         try:
-            wanted = self.resolver.is_candidate(Path(path))
-        except RuleFileError as exc:
-            return self._reject(path, root, None, f"rule file problem: {exc}", kind="rules")
-        if not wanted:
-            return Intake.IGNORED
-        try:
-            info = os.stat(path)
+            info = os.lstat(path)  # a symlink is not followed: it may lead out of the folder
         except FileNotFoundError:
             return Intake.IGNORED
         except OSError as exc:
@@ -136,7 +130,13 @@ class Pipeline:
         if row is not None and row.missing_since is not None:
             self.journal.mark_missing(row.id, None)
         if row is not None and (row.size, row.mtime_ns) == (info.st_size, info.st_mtime_ns):
-            return Intake.UNCHANGED
+            return Intake.UNCHANGED  # before the rules: a broken rule file must not fail a published file
+        try:
+            wanted = self.resolver.is_candidate(Path(path))
+        except RuleFileError as exc:
+            return self._reject(path, root, None, f"rule file problem: {exc}", kind="rules")
+        if not wanted:
+            return Intake.IGNORED
         suffix = os.path.splitext(path)[1].lower()
         if suffix in UNSUPPORTED_SUFFIXES:
             return self._reject(
@@ -147,6 +147,8 @@ class Pipeline:
             )
         try:
             image = inspect_image(Path(path))
+        except FileNotFoundError:
+            return Intake.IGNORED  # deleted meanwhile: that is a fact of its own
         except PermanentFileError as exc:
             return self._reject(path, root, info, exc.message)
         if not image.complete:
@@ -159,7 +161,22 @@ class Pipeline:
                 f"truncated {image.kind.upper()}: the file ends before the image does "
                 "(an interrupted copy?); copy it again",
             )
-        return self._queue(path, root, row, info)
+        try:
+            return self._queue(path, root, row, info)
+        except FileNotFoundError:
+            return Intake.IGNORED
+        except PermanentFileError as exc:  # unreadable while being hashed
+            return self._reject(path, root, info, exc.message)
+
+    def ours(self, path: str) -> bool:
+        """Whether `path` (below a watched folder) is a file watchd may publish: an image name,
+        and no hidden directory on the way (`.Trash-1000/`, `.git/`, a sync tool's `.stfolder`),
+        so moving a file into one counts as moving it out."""
+        folder = self.folder_for(path)
+        if folder is None or not candidate_name(os.path.basename(path)):
+            return False
+        below = os.path.relpath(os.path.dirname(path), folder.path)
+        return below == "." or not any(part.startswith(".") for part in below.split(os.sep))
 
     def _queue(self, path: str, root: str, row: FileRow | None, info: os.stat_result) -> Intake:
         if row is None:
@@ -171,10 +188,10 @@ class Pipeline:
             self.journal.add(path, root, info.st_size, info.st_mtime_ns, None)
             return Intake.QUEUED
         if row.uploaded_sha256 is not None and sha256_file(Path(path)) == row.uploaded_sha256:
-            self.journal.touch(row.id, info.st_size, info.st_mtime_ns)
-            if row.state == j.FAILED:
-                self.journal.requeue(row.id, info.st_size, info.st_mtime_ns, row.sha256)
+            if row.state == j.FAILED:  # failed after its upload (e.g. its sidecar): finish it
+                self.journal.requeue_sidecar(row.id, info.st_size, info.st_mtime_ns)
                 return Intake.QUEUED
+            self.journal.touch(row.id, info.st_size, info.st_mtime_ns)
             return Intake.UNCHANGED
         self.journal.requeue(row.id, info.st_size, info.st_mtime_ns, None)
         return Intake.QUEUED
@@ -194,7 +211,10 @@ class Pipeline:
         self.resolver.invalidate(Path(directory))
         failed = self.journal.failed_by_rules(directory)
         for row in failed:
-            self.journal.forget(row.id)
+            if row.uploaded() is None:
+                self.journal.forget(row.id)  # never sent anywhere: taken in as new
+            else:  # keeps its upload and Baidu id; a changed stamp makes intake look again
+                self.journal.touch(row.id, -1, -1)
         return [row.path for row in failed if row.path is not None]
 
     # -- doing -----------------------------------------------------------------------
@@ -237,7 +257,7 @@ class Pipeline:
                     f"truncated {loaded.info.kind.upper()}: the file ends before the image does"
                 )
         except FileNotFoundError:
-            return "gone"
+            return self._vanished(row)
         except PermanentFileError as exc:
             self.journal.record_failed(row.id, "permanent", exc.message)
             log.warning("not uploaded: %s: %s", path, exc.message)
@@ -255,12 +275,21 @@ class Pipeline:
         try:
             uploaded = self.call_with_retry(lambda: host.upload(request), f"upload of {path}")
         except ServiceError as exc:
+            if isinstance(exc, TransientError) and not exc.reached:
+                quota.give_back(reservation)
             return self._upload_failed(row, service, exc)
         except FileNotFoundError:
             self.journal.record_retry(row.id, j.PENDING, "transient", "file vanished during upload", 0)
-            return "gone"
+            return self._vanished(row)
         log.debug("uploaded %s → %s", path, uploaded.link, extra={"path": str(path)})
         return UploadResult(rules.host, uploaded, loaded.sha256, utc_now())
+
+    def _vanished(self, row: FileRow) -> str:
+        """The original disappeared under a worker: marked vanished (not due again), so it is
+        paired as a move or retired as a deletion, like one the watcher saw go."""
+        if row.missing_since is None:
+            self.journal.mark_missing(row.id, self.clock())
+        return "gone"
 
     def _upload_failed(self, row: FileRow, service: str, exc: ServiceError) -> str:
         if isinstance(exc, PermanentFileError):
@@ -317,6 +346,12 @@ class Pipeline:
             retry_at = self.retry_at(row.attempts + 1)
             self.journal.record_retry(row.id, j.UPLOADED, "disk", reason, retry_at)
             return "retry"
+        except ValueError as exc:  # the sidecar name template cannot name this file's sidecar
+            log.warning("not published: %s: %s", row.path, exc)
+            if upload is not None:
+                self.journal.record_uploaded(row.id, upload)
+            self.journal.record_failed(row.id, "permanent", f"{exc}: change sidecar.name in the rules")
+            return "failed"
         except BaseException:
             if upload is not None:
                 self.journal.record_uploaded(row.id, upload)
@@ -326,10 +361,7 @@ class Pipeline:
         else:
             self.journal.record_published(row.id, upload, str(sidecar), push, push_error)
         if row.sidecar_path and row.sidecar_path != str(sidecar):
-            try:
-                remove_sidecar(Path(row.sidecar_path))
-            except OSError as exc:
-                log.warning("cannot remove the old sidecar %s: %s", row.sidecar_path, exc.strerror)
+            self._remove_old_sidecar(row.sidecar_path)
         log.info("published %s → %s (sidecar %s)", row.path, row.link, sidecar.name, extra={"path": row.path})
         return "done"
 
@@ -365,7 +397,7 @@ class Pipeline:
             return
         try:
             self.write_sidecar(row)
-        except (OSError, RuleFileError) as exc:
+        except (OSError, RuleFileError, ValueError) as exc:
             log.error("the sidecar of %s is missing and cannot be rewritten: %s", path, exc)
             return
         log.info("rewrote the missing sidecar of %s", path)
@@ -392,7 +424,7 @@ class Pipeline:
                 edit_time=row.mtime_ns // 1_000_000_000,
                 tags=tuple(rules.tags),
                 copyright=rules.copyright,
-                modify=row.pushed_at is not None,
+                modify=bool(row.baidu_may_hold),
             )
             validate_push_item(item)
         except (PermanentFileError, ValueError) as exc:
@@ -417,7 +449,7 @@ class Pipeline:
         if row.state == j.DONE:
             try:
                 sidecar = str(self.write_sidecar(replace(row, path=dest, last_path=dest, root=root)))
-            except (OSError, RuleFileError) as exc:
+            except (OSError, RuleFileError, ValueError) as exc:
                 log.error("moved %s → %s but could not rewrite its sidecar: %s", row.last_path, dest, exc)
                 # The old sidecar stays recorded, so writing the new one later removes it.
                 self.journal.move(row.id, dest, root, row.sidecar_path)
@@ -425,7 +457,7 @@ class Pipeline:
                 return
         self.journal.move(row.id, dest, root, sidecar)
         if row.sidecar_path and row.sidecar_path != sidecar:
-            remove_sidecar(Path(row.sidecar_path))
+            self._remove_old_sidecar(row.sidecar_path)
         log.info("moved %s → %s (no re-upload)", row.last_path, dest)
 
     def retire(self, row: FileRow) -> bool:
@@ -439,10 +471,18 @@ class Pipeline:
         except RuleFileError:
             withdraw = self.settings.baidu is not None
         if row.sidecar_path:
-            remove_sidecar(Path(row.sidecar_path))
+            self._remove_old_sidecar(row.sidecar_path)
         self.journal.tombstone(row.id, withdraw)
         log.info("deleted: %s%s", row.last_path, " (withdrawal from Baidu queued)" if withdraw else "")
         return withdraw
+
+    def _remove_old_sidecar(self, sidecar: str) -> None:
+        """A sidecar that no longer belongs to a file: removed, or left with a warning (the
+        file's own state is recorded regardless)."""
+        try:
+            remove_sidecar(Path(sidecar))
+        except OSError as exc:
+            log.warning("cannot remove the old sidecar %s: %s; remove it by hand", sidecar, exc.strerror)
 
     # -- retries and services ----------------------------------------------------------
 

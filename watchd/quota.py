@@ -73,6 +73,15 @@ class QuotaGate:
             self._used += n
         return self.service, day
 
+    def give_back(self, reservation: tuple[str, str], n: int = 1) -> None:
+        """Return `n` units of a reservation whose sends never reached the service: an outage
+        must not use up the day's quota with attempts that counted for nothing."""
+        _service, day = reservation
+        with self._lock:
+            if day == self._day:
+                self._used -= n
+        self.journal.give_back_quota(self.service, day, n)
+
     def _load_today(self) -> str:
         """Today's day key, with `_used` holding today's count (called under the lock)."""
         day = day_key(self.tz, self.clock())

@@ -21,14 +21,16 @@ from watchd.sidecar import TEMP_MARKER, remove_stale_temp
 
 @dataclass(frozen=True)
 class Difference:
-    """`kind` is "new" (not in the journal), "changed" (size/mtime differ) or "missing"."""
+    """`kind` is "new" (not in the journal), "changed" (size/mtime differ), "missing",
+    "sidecar" (done, but its sidecar is gone) or "unrecordable" (a file or directory whose
+    name is not valid UTF-8, which the journal cannot hold: skipped)."""
 
     kind: str
     path: str
 
 
 def walk_sorted(
-    root: str, recursive: bool, wanted: Callable[[str], bool], unreadable: set[str]
+    root: str, recursive: bool, wanted: Callable[[str], bool], unreadable: set[str], skipped: list[str]
 ) -> Iterator[tuple[str, int, int]]:
     """(path, size, mtime_ns) of every wanted regular file below `root`, in byte order of path.
 
@@ -36,7 +38,8 @@ def walk_sorted(
     A directory's entries are sorted by name, with "/" appended to directory names, which
     makes the depth-first walk come out in plain string order of the full paths (the order
     SQLite's `ORDER BY path` uses). Hidden directories are not entered. A directory that
-    cannot be listed is added to `unreadable` before the walk goes past it.
+    cannot be listed is added to `unreadable` before the walk goes past it; an entry whose
+    name is not valid UTF-8 is added to `skipped` and not entered.
     """
     try:
         entries = list(os.scandir(root))
@@ -45,6 +48,9 @@ def walk_sorted(
         return
     keyed = []
     for entry in entries:
+        if not recordable(entry.name):
+            skipped.append(entry.path)
+            continue
         try:
             is_dir = entry.is_dir(follow_symlinks=False)
         except OSError:
@@ -54,7 +60,7 @@ def walk_sorted(
     for _key, is_dir, entry in keyed:
         if is_dir:
             if recursive and not entry.name.startswith("."):
-                yield from walk_sorted(entry.path, recursive, wanted, unreadable)
+                yield from walk_sorted(entry.path, recursive, wanted, unreadable, skipped)
             continue
         if TEMP_MARKER in entry.name:
             remove_stale_temp(entry.path)
@@ -79,11 +85,14 @@ def reconcile(
     reported missing: an unreadable directory is not a deleted one.
     """
     unreadable: set[str] = set()
-    disk = walk_sorted(str(root), recursive, wanted, unreadable)
+    skipped: list[str] = []
+    disk = walk_sorted(str(root), recursive, wanted, unreadable, skipped)
     rows = journal.iter_root(str(root))
     file = next(disk, None)
     row = next(rows, None)
     while file is not None or row is not None:
+        while skipped:
+            yield Difference("unrecordable", skipped.pop())
         if row is None or (file is not None and file[0] < row[0]):
             assert file is not None
             yield Difference("new", file[0])
@@ -99,3 +108,20 @@ def reconcile(
                 yield Difference("sidecar", file[0])
             file = next(disk, None)
             row = next(rows, None)
+    for path in skipped:
+        yield Difference("unrecordable", path)
+
+
+def recordable(path: str) -> bool:
+    """Whether the journal (UTF-8 text) can hold `path`. A name that is not valid UTF-8 comes
+    from the OS with surrogate escapes (PEP 383) and cannot be stored or compared in order."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str) -> str:
+    """`path` for a message: undecodable bytes shown as U+FFFD, so the log line can be written."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from watchd import journal as j
 from watchd.journal import Journal
+from watchd.logs import redact
 from watchd.schema import FileRow
 
 log = logging.getLogger(__name__)
@@ -113,5 +114,6 @@ class UploadWorkers:
                 row = self._journal.get_by_id(file_id)  # an upload already recorded is not sent again
                 state = j.UPLOADED if row is not None and row.state == j.UPLOADED else j.PENDING
                 retry_at = self._clock() + INTERNAL_ERROR_RETRY
-                self._journal.record_retry(file_id, state, "internal", repr(exc), retry_at)
+                reason = redact(f"internal error: {type(exc).__name__}: {exc}")[:300]  # not repr(): args
+                self._journal.record_retry(file_id, state, "internal", reason, retry_at)
             return "retry"

@@ -16,7 +16,6 @@ from watchd.schema import (
     HELD,
     PENDING,
     QUEUED,
-    SENDING,
     UPLOADED,
     UPLOADING,
     FileRow,
@@ -71,18 +70,20 @@ class Files(Store):
 
     def due_uploads(self, now: float, limit: int, exclude: set[int]) -> list[FileRow]:
         """Rows whose upload or sidecar step is due now, oldest first, except those in `exclude`
-        (files already handed to a worker)."""
+        (files already handed to a worker) and vanished ones (they wait to be paired as a move
+        or retired, and a file that is not there cannot be sent)."""
         marks = ", ".join("?" * len(exclude))
         return self._many(
             f"SELECT * FROM files WHERE state IN (?, ?) AND next_attempt_at <= ? AND id NOT IN ({marks}) "
-            "ORDER BY next_attempt_at, id LIMIT ?",
+            "AND missing_since IS NULL ORDER BY next_attempt_at, id LIMIT ?",
             (PENDING, UPLOADED, now, *exclude, limit),
         )
 
     def next_due_time(self) -> float | None:
         """The earliest next-attempt time of queued uploads and sidecars, None if none is queued."""
         return self._minimum(
-            "SELECT MIN(next_attempt_at) FROM files WHERE state IN (?, ?)", (PENDING, UPLOADED)
+            "SELECT MIN(next_attempt_at) FROM files WHERE state IN (?, ?) AND missing_since IS NULL",
+            (PENDING, UPLOADED),
         )
 
     def add(
@@ -107,6 +108,20 @@ class Files(Store):
             size=size,
             mtime_ns=mtime_ns,
             sha256=sha256,
+            error_kind=None,
+            reason=None,
+            attempts=0,
+            next_attempt_at=0.0,
+        )
+
+    def requeue_sidecar(self, file_id: int, size: int, mtime_ns: int) -> None:
+        """A failed file whose content is what was uploaded: only its sidecar (and Baidu item)
+        are due again, never a second upload."""
+        self._set(
+            file_id,
+            state=UPLOADED,
+            size=size,
+            mtime_ns=mtime_ns,
             error_kind=None,
             reason=None,
             attempts=0,
@@ -254,8 +269,9 @@ class Files(Store):
     def tombstone(self, file_id: int, withdraw: bool) -> None:
         """The original is gone: keep the row (path NULL) and, if asked, queue its withdrawal.
 
-        A push still waiting in the outbox is cancelled instead: nothing to withdraw then.
-        Only what Baidu may hold (pushed, or a push in flight) is withdrawn.
+        A push still waiting in the outbox is cancelled; one in flight is dropped when its call
+        is over (`Outbox`), and since one flush runs at a time the withdrawal goes out after it.
+        Only what Baidu may hold (`baidu_may_hold`: a push was ever marked sending) is withdrawn.
         """
         now = time.time()
         with self._write() as db:
@@ -267,11 +283,8 @@ class Files(Store):
                 "DELETE FROM outbox WHERE file_id = ? AND action = 'push' AND state IN (?, ?, ?)",
                 (file_id, QUEUED, HELD, FAILED),
             )
-            row = db.execute("SELECT baidu_id, pushed_at FROM files WHERE id = ?", (file_id,)).fetchone()
-            in_flight = db.execute(
-                "SELECT 1 FROM outbox WHERE file_id = ? AND action = 'push' AND state = ?", (file_id, SENDING)
-            ).fetchone()
-            if withdraw and row and (row[1] is not None or in_flight):
+            row = db.execute("SELECT baidu_id, baidu_may_hold FROM files WHERE id = ?", (file_id,)).fetchone()
+            if withdraw and row and row[1]:
                 queue_outbox(db, file_id, "delete", row[0], None, now)
 
     def release_deferred(self, kind: str) -> int:

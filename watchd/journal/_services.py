@@ -22,6 +22,11 @@ def count_quota(db: sqlite3.Connection, service: str, day: str, n: int) -> None:
 class Services(Store):
     """Paused services and today's use of each quota."""
 
+    def give_back_quota(self, service: str, day: str, n: int) -> None:
+        """Uncount `n` sends that provably never reached the service (no connection was made)."""
+        with self._write() as db:
+            count_quota(db, service, day, -n)
+
     def pause(self, name: str, kind: str, until: float | None, reason: str) -> None:
         with self._write() as db:
             self._pauses = None

@@ -1,0 +1,136 @@
+"""Renames and moves that once went wrong: the real daemon, real inotify, the emulator.
+
+Each test reproduces a bug found in review: a rename while the upload is in flight, a
+rename over another published file, a move into a hidden directory (a desktop Trash), a
+broken rule file touching a published file, and a rule file saved by rename.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from tests.conftest import StartDaemon, sidecar_of, wait_for, write_config
+from tests.imagegen import png
+from watchd.emulator import Emulator
+
+
+def states(state_dir: Path) -> dict[str | None, str]:
+    """path → state of every journal row (deleted rows under None)."""
+    with sqlite3.connect(state_dir / "journal.sqlite3") as db:
+        return dict(db.execute("SELECT path, state FROM files ORDER BY id").fetchall())
+
+
+def baidu_id(state_dir: Path, path: Path) -> str:
+    with sqlite3.connect(state_dir / "journal.sqlite3") as db:
+        return str(db.execute("SELECT baidu_id FROM files WHERE path = ?", (str(path),)).fetchone()[0])
+
+
+def baidu_calls(emulator: Emulator) -> list[tuple[str, list[str]]]:
+    return [
+        (c.endpoint, [i.get("id") or i.get("key") for i in c.items])
+        for c in emulator.baidu_calls()
+        if c.errno == 0
+    ]
+
+
+def test_a_rename_while_the_upload_is_in_flight_moves_the_sidecar_with_it(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "w"
+    folder.mkdir()
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state)
+    daemon = start_daemon(config)
+    emulator.set_faults(latency=1.5)
+    (folder / "Screenshot.png").write_bytes(png(10, 10))
+    wait_for(lambda: states(state).get(str(folder / "Screenshot.png")) == "uploading", timeout=10)
+    os.rename(folder / "Screenshot.png", folder / "cat.png")
+    wait_for(lambda: sidecar_of(folder / "cat.png").exists(), timeout=20)
+    assert sorted(p.name for p in folder.iterdir()) == ["cat.png", "cat.png.link.json"]
+    assert len(emulator.uploads()) == 1
+    (folder / "cat.png").unlink()
+    wait_for(lambda: not any(folder.iterdir()), timeout=20)  # its sidecar goes with it
+    assert daemon.stop() == 0
+
+
+def test_renaming_a_file_over_a_published_one_retires_the_replaced_one_without_a_reupload(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "w"
+    folder.mkdir()
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state)
+    daemon = start_daemon(config)
+    (folder / "a.png").write_bytes(png(10, 10))
+    (folder / "b.png").write_bytes(png(11, 11))
+    wait_for(lambda: len(emulator.baidu_index()) == 2, timeout=20)
+    a_id, b_id = (baidu_id(state, folder / name) for name in ("a.png", "b.png"))
+    os.rename(folder / "a.png", folder / "b.png")
+    wait_for(lambda: ("delPic", [b_id]) in baidu_calls(emulator), timeout=20)
+    assert len(emulator.uploads()) == 2  # a's content was not uploaded again as b
+    assert "cannot write the journal" not in daemon.log()
+    assert baidu_id(state, folder / "b.png") == a_id and set(emulator.baidu_index()) == {a_id}
+    a_link = next(u.link for u in emulator.uploads() if u.name == "a.png")
+    wait_for(lambda: a_link in sidecar_of(folder / "b.png").read_text(encoding="utf-8"))
+    assert daemon.stop() == 0
+
+
+def test_moving_a_file_into_a_hidden_directory_is_a_deletion(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "w"
+    trash = folder / ".Trash-1000" / "files"
+    trash.mkdir(parents=True)
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "state")
+    daemon = start_daemon(config)
+    (folder / "cat.png").write_bytes(png(10, 10))
+    wait_for(lambda: any(endpoint == "pushPic" for endpoint, _ in baidu_calls(emulator)), timeout=20)
+    os.rename(folder / "cat.png", trash / "cat.png")
+    wait_for(lambda: any(endpoint == "delPic" for endpoint, _ in baidu_calls(emulator)), timeout=20)
+    assert sorted(p.name for p in trash.iterdir()) == ["cat.png"]  # no sidecar written into the Trash
+    assert not sidecar_of(folder / "cat.png").exists()
+    assert daemon.stop() == 0
+
+
+def test_a_broken_rule_file_does_not_fail_or_forget_a_published_file(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "w"
+    folder.mkdir()
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state)
+    daemon = start_daemon(config)
+    (folder / "cat.png").write_bytes(png(10, 10))
+    wait_for(lambda: any(endpoint == "pushPic" for endpoint, _ in baidu_calls(emulator)), timeout=20)
+    (folder / ".watchd.yaml").write_text("tagz: [x]\n", encoding="utf-8")  # a typo
+    (folder / "cat.png").write_bytes(png(20, 20))  # new content while the rules are broken
+    wait_for(lambda: states(state).get(str(folder / "cat.png")) == "failed", timeout=20)
+    (folder / ".watchd.yaml").write_text("tags: [x]\n", encoding="utf-8")  # fixed
+    wait_for(
+        lambda: len(emulator.uploads()) == 2 and states(state)[str(folder / "cat.png")] == "done", timeout=20
+    )
+    wait_for(lambda: len([c for c in baidu_calls(emulator) if c[0] == "pushPic"]) == 2, timeout=20)
+    pushed = [ids[0] for endpoint, ids in baidu_calls(emulator) if endpoint == "pushPic"]
+    assert pushed[0] == pushed[1]  # the same Baidu id, pushed again (modify), never orphaned
+    assert len(emulator.baidu_index()) == 1
+    assert daemon.stop() == 0
+
+
+def test_a_rule_file_saved_by_rename_retakes_the_files_it_had_failed(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "w"
+    folder.mkdir()
+    state = tmp_path / "state"
+    (folder / ".watchd.yaml").write_text("tagz: [x]\n", encoding="utf-8")
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state)
+    daemon = start_daemon(config)
+    (folder / "cat.png").write_bytes(png(10, 10))
+    wait_for(lambda: states(state).get(str(folder / "cat.png")) == "failed", timeout=20)
+    saved = folder / ".watchd.yaml.swp"
+    saved.write_text("tags: [x]\n", encoding="utf-8")
+    os.rename(saved, folder / ".watchd.yaml")  # how many editors save
+    wait_for(lambda: sidecar_of(folder / "cat.png").exists(), timeout=20)
+    assert daemon.stop() == 0

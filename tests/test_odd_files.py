@@ -1,0 +1,116 @@
+"""Files that once stopped the daemon or sent it spinning, found in review: names that are not
+valid UTF-8, symlinks, files deleted while queued, and sidecar names that cannot be made.
+The real daemon or `Engine.sync`, real files, the emulator on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
+from tests.imagegen import png
+from watchd.config import load_settings
+from watchd.emulator import Emulator
+from watchd.engine import Engine
+
+
+def _folder_and_config(tmp_path: Path, emulator: Emulator, **rules: object) -> tuple[Path, Path]:
+    folder = tmp_path / "w"
+    folder.mkdir(parents=True)
+    entry: dict[str, object] = {"path": folder}
+    if rules:
+        entry["rules"] = rules
+    return folder, write_config(tmp_path / "c.yaml", emulator, [entry], state_dir=tmp_path / "state")
+
+
+def test_a_name_that_is_not_utf8_is_skipped_with_a_warning_by_the_daemon_and_by_sync(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder, config = _folder_and_config(tmp_path, emulator)
+    latin1 = os.path.join(os.fsencode(folder), b"caf\xe9.png")
+    with open(latin1, "wb") as out:
+        out.write(png(10, 10))
+    result = run_cli("sync", "-c", str(config))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "caf\ufffd.png" in result.stderr and "not valid UTF-8" in result.stderr
+    daemon = start_daemon(config)
+    with open(os.path.join(os.fsencode(folder), b"ni\xf1o.png"), "wb") as out:
+        out.write(png(11, 11))
+    (folder / "ok.png").write_bytes(png(12, 12))
+    wait_for(lambda: sidecar_of(folder / "ok.png").exists())
+    wait_for(lambda: "ni\ufffdo.png" in daemon.log())
+    assert daemon.alive() and [u.name for u in emulator.uploads()] == ["ok.png"]
+    assert daemon.stop() == 0
+
+
+def test_symlinks_are_not_followed_whether_scanned_or_seen_arriving(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(png(10, 10))
+    folder, config = _folder_and_config(tmp_path, emulator)
+    (folder / "before.png").symlink_to(outside / "secret.png")
+    daemon = start_daemon(config)
+    (folder / "after.png").symlink_to(outside / "secret.png")
+    (folder / "real.png").write_bytes(png(12, 12))
+    wait_for(lambda: sidecar_of(folder / "real.png").exists())
+    time.sleep(2.5)  # past the 1 s settle time of a file seen created but never closed
+    assert [u.name for u in emulator.uploads()] == ["real.png"]
+    assert daemon.stop() == 0
+
+
+def test_a_file_deleted_while_queued_ends_the_sync_instead_of_spinning(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    folder, config = _folder_and_config(tmp_path, emulator)
+    for n in range(3):
+        (folder / f"f{n}.png").write_bytes(png(n + 1, 5))
+    engine = Engine(load_settings(config), sleep=lambda _s: None)
+    real_process = engine.pipeline.process
+    processed: list[int] = []
+
+    def delete_first(file_id: int) -> str:  # the user deletes f0.png after it was queued
+        processed.append(file_id)
+        (folder / "f0.png").unlink(missing_ok=True)
+        return real_process(file_id)
+
+    engine.pipeline.process = delete_first  # type: ignore[method-assign]
+    assert engine.sync() in (0, 1)
+    assert len(processed) < 10  # once per file, not tens of thousands of times
+    assert sorted(u.name for u in emulator.uploads()) == ["f1.png", "f2.png"]
+
+
+def test_a_sidecar_name_that_cannot_be_made_fails_the_file_not_the_daemon(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.png", "format": "txt"})
+    daemon = start_daemon(config)
+    (folder / "cat.png").write_bytes(png(10, 10))  # its sidecar would be named cat.png: refused
+    status = lambda: json.loads(run_cli("status", "-c", str(config), "--json").stdout)  # noqa: E731
+    failure = wait_for(lambda: next(iter(status()["recent_failures"]), None))
+    assert failure["state"] == "failed" and "produces the original's own name" in failure["reason"]
+    (folder / "more").mkdir()
+    (folder / "more" / "cow.png").write_bytes(png(12, 12))
+    os.rename(folder / "cat.png", folder / "more" / "cat.png")  # a move must not kill it either
+    time.sleep(1.0)
+    assert daemon.alive()
+    assert daemon.stop() == 0
+
+
+def test_relpath_and_links_are_refused_in_sidecar_names_at_config_time(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    for template in ("{relpath}.link.json", "{link}.txt"):
+        _folder, config = _folder_and_config(tmp_path / template[1:5], emulator, sidecar={"name": template})
+        result = run_cli("check", "-c", str(config))
+        assert result.returncode != 0 and "sidecar.name" in result.stderr + result.stdout
+
+
+def test_sync_says_so_when_baidu_items_are_left_queued(tmp_path: Path, emulator: Emulator) -> None:
+    folder, config = _folder_and_config(tmp_path, emulator)
+    (folder / "cat.png").write_bytes(png(10, 10))
+    emulator.set_faults(baidu_quota=0)
+    assert Engine(load_settings(config), sleep=lambda _s: None).sync() == 1
