@@ -28,6 +28,18 @@ def test_check_prints_the_effective_rules_per_folder(tmp_path: Path, emulator: E
     assert "demo-secret" not in result.stdout + result.stderr
 
 
+def test_check_never_shows_a_login_written_into_an_api_url(tmp_path: Path, emulator: Emulator) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    with_login = emulator.imageban_url.replace("http://", "http://gate:pa55word-9f2@")
+    config.write_text(config.read_text().replace(emulator.imageban_url, with_login, 1), encoding="utf-8")
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert emulator.imageban_url in result.stdout
+    assert "pa55word-9f2" not in result.stdout + result.stderr and "gate:" not in result.stdout
+
+
 def test_check_names_an_unknown_key_with_its_line(tmp_path: Path, emulator: Emulator) -> None:
     config = write_config(
         tmp_path / "c.yaml", emulator, [{"path": tmp_path, "rules": {"titel": "x"}}], state_dir=tmp_path / "s"

@@ -12,7 +12,7 @@ import sqlite3
 from pathlib import Path
 
 from tests.conftest import StartDaemon, sidecar_of, wait_for, write_config
-from tests.imagegen import png
+from tests.imagegen import gif, png
 from watchd.emulator import Emulator
 
 
@@ -47,8 +47,8 @@ def test_a_rename_while_the_upload_is_in_flight_moves_the_sidecar_with_it(
     (folder / "Screenshot.png").write_bytes(png(10, 10))
     wait_for(lambda: states(state).get(str(folder / "Screenshot.png")) == "uploading", timeout=10)
     os.rename(folder / "Screenshot.png", folder / "cat.png")
-    wait_for(lambda: sidecar_of(folder / "cat.png").exists(), timeout=20)
-    assert sorted(p.name for p in folder.iterdir()) == ["cat.png", "cat.png.link.json"]
+    listing = lambda: sorted(p.name for p in folder.iterdir())  # noqa: E731
+    wait_for(lambda: listing() == ["cat.png", "cat.png.link.json"], timeout=20)
     assert len(emulator.uploads()) == 1
     (folder / "cat.png").unlink()
     wait_for(lambda: not any(folder.iterdir()), timeout=20)  # its sidecar goes with it
@@ -133,4 +133,41 @@ def test_a_rule_file_saved_by_rename_retakes_the_files_it_had_failed(
     saved.write_text("tags: [x]\n", encoding="utf-8")
     os.rename(saved, folder / ".watchd.yaml")  # how many editors save
     wait_for(lambda: sidecar_of(folder / "cat.png").exists(), timeout=20)
+    assert daemon.stop() == 0
+
+
+def test_a_move_between_two_watched_folders_is_a_move_not_a_second_upload(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": first}, {"path": second}], state_dir=state)
+    daemon = start_daemon(config)
+    (first / "cat.png").write_bytes(png(10, 10))
+    wait_for(lambda: len(emulator.baidu_index()) == 1, timeout=20)
+    os.rename(first / "cat.png", second / "cat.png")
+    wait_for(lambda: sidecar_of(second / "cat.png").exists(), timeout=20)
+    wait_for(lambda: not sidecar_of(first / "cat.png").exists(), timeout=20)
+    assert len(emulator.uploads()) == 1
+    assert [endpoint for endpoint, _ids in baidu_calls(emulator)] == ["pushPic"]  # nothing withdrawn
+    assert states(state) == {str(second / "cat.png"): "done"}
+    assert daemon.stop() == 0
+
+
+def test_files_a_rule_file_stops_excluding_are_published_without_a_restart(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "w"
+    folder.mkdir()
+    (folder / ".watchd.yaml").write_text("exclude: ['*.gif']\n", encoding="utf-8")
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "state")
+    daemon = start_daemon(config)
+    (folder / "a.gif").write_bytes(gif(10, 10))
+    (folder / "b.png").write_bytes(png(10, 10))
+    wait_for(lambda: sidecar_of(folder / "b.png").exists(), timeout=20)
+    assert not sidecar_of(folder / "a.gif").exists()
+    (folder / ".watchd.yaml").write_text("tags: [x]\n", encoding="utf-8")
+    wait_for(lambda: sidecar_of(folder / "a.gif").exists(), timeout=20)
     assert daemon.stop() == 0

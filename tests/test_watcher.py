@@ -20,6 +20,7 @@ from watchdog.observers.inotify import InotifyObserver
 from tests.conftest import wait_for
 from watchd import watcher
 from watchd.watcher import (
+    Arrived,
     Changed,
     DirGone,
     Fact,
@@ -66,7 +67,7 @@ def test_the_filesystem_of_a_path_comes_from_the_longest_mount_point(
         (FileCreatedEvent("/w/a.png"), Changed("/w/a.png")),
         (FileDeletedEvent("/w/a.png"), Gone("/w/a.png")),
         (FileMovedEvent("/w/.a.part", "/w/a.png"), Moved("/w/.a.part", "/w/a.png")),
-        (FileMovedEvent("", "/w/in.png"), Finished("/w/in.png")),
+        (FileMovedEvent("", "/w/in.png"), Arrived("/w/in.png")),
         (FileMovedEvent("/w/out.png", ""), Gone("/w/out.png")),
         (DirMovedEvent("", "/w/sub"), Rescan("/w/sub")),
         (DirMovedEvent("/w/sub", ""), DirGone("/w/sub")),

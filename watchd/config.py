@@ -365,9 +365,12 @@ class Settings(_Model):
     def secrets(self) -> list[str]:
         """Every secret value in the configuration, for the log redaction filter."""
         values = [secret for h in self.hosts.values() for secret in (h.client_id, h.secret_key)]
+        urls = [h.api_url for h in self.hosts.values()]
         if self.baidu is not None:
             values += [self.baidu.app_id, self.baidu.app_token]
-        return [s.get_secret_value() for s in values if s is not None]
+            urls.append(self.baidu.api_base)
+        passwords = [password for url in urls if (password := urlsplit(url).password)]
+        return [s.get_secret_value() for s in values if s is not None] + passwords
 
 
 def load_settings(path: Path) -> Settings:

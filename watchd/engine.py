@@ -45,7 +45,18 @@ from watchd.rules import RULE_FILE_NAME
 from watchd.scan import printable, reconcile, recordable
 from watchd.settling import Settler
 from watchd.systemd import Notifier, WatchdogPinger
-from watchd.watcher import Changed, DirGone, Fact, Finished, FolderWatcher, Gone, Moved, Rescan, WatchSpec
+from watchd.watcher import (
+    Arrived,
+    Changed,
+    DirGone,
+    Fact,
+    Finished,
+    FolderWatcher,
+    Gone,
+    Moved,
+    Rescan,
+    WatchSpec,
+)
 from watchd.workers import Done, UploadWorkers
 
 log = logging.getLogger(__name__)
@@ -54,6 +65,10 @@ ROOT_CHECK_INTERVAL = 5.0
 JOURNAL_RETRY_SECONDS = 5.0
 STATUS_INTERVAL = 1.0
 TAKE_IN_CHUNK = 32
+# A file moved in from another watched folder arrives before the other folder's watch
+# reports it gone (watchdog holds that half ~0.05 s to pair renames): wait past that, so
+# the two halves are paired as a move and the file is not uploaded a second time.
+ARRIVAL_WAIT = 0.3
 
 
 class Progress(Protocol):
@@ -381,8 +396,8 @@ class Engine:
                 if not recordable(dest):
                     self._skip_unrecordable(dest)
                     return Gone(src) if recordable(src) else None
-                return Finished(dest)
-            case Finished(path) | Changed(path) | Rescan(path) if not recordable(path):
+                return Arrived(dest)
+            case Finished(path) | Arrived(path) | Changed(path) | Rescan(path) if not recordable(path):
                 self._skip_unrecordable(path)
                 return None
             case Gone(path) | DirGone(path) if not recordable(path):
@@ -413,7 +428,9 @@ class Engine:
 
     def _handle(self, fact: Fact | Done | _TakeIn | _Control) -> None:
         match fact:
-            case Finished(path) | Changed(path) | Gone(path) if os.path.basename(path) == RULE_FILE_NAME:
+            case Finished(path) | Arrived(path) | Changed(path) | Gone(path) if (
+                os.path.basename(path) == RULE_FILE_NAME
+            ):
                 self._rule_file_changed(path)
             case Moved(src, dest) if RULE_FILE_NAME in (os.path.basename(src), os.path.basename(dest)):
                 for rule_file in {src, dest}:  # an editor saving by rename, or a rule file moved
@@ -424,6 +441,8 @@ class Engine:
                 self._intake(path, settled=False)
             case Changed(path):
                 self._note_change(path)
+            case Arrived(path):  # taken in a moment later, once a move's other half has come
+                self._note_change(path, wait=ARRIVAL_WAIT)
             case Moved(src, dest):
                 self._moved(src, dest)
             case Gone(path):
@@ -450,8 +469,11 @@ class Engine:
                 self._reload()
 
     def _rule_file_changed(self, rule_file: str) -> None:
+        """Files the old rules failed are taken in again, and the directory is reconciled:
+        files the old rules excluded have no journal row, so only a scan finds them."""
         for again in self.pipeline.rule_file_changed(rule_file):
             self._intake(again, settled=False)
+        self._facts.put(Rescan(os.path.dirname(rule_file)))
 
     def _intake(self, path: str, *, settled: bool) -> None:
         row = self.journal.get(path)
@@ -464,9 +486,9 @@ class Engine:
         elif result is Intake.FAILED:
             self._count("failed", path)
 
-    def _note_change(self, path: str) -> None:
+    def _note_change(self, path: str, wait: float | None = None) -> None:
         if self.pipeline.ours(path):
-            self._settler.changed(path)
+            self._settler.changed(path, wait)
 
     def _moved(self, src: str, dest: str) -> None:
         row = self.journal.get(src)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from watchd.config import FolderSettings, Rules, Settings, SidecarRules, parse_rules
 from watchd.errors import ConfigError
@@ -198,6 +199,12 @@ def _rule_files(folder: FolderSettings, directory: Path) -> list[Path]:
     return [d / RULE_FILE_NAME for d in directories]
 
 
+def _shown(url: str) -> str:
+    """`url` without any `user:password@` (a proxy or gateway login is a secret too)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def describe(settings: Settings) -> str:
     """The hosts, Baidu, and the effective rules per folder and per rule file below it.
 
@@ -208,16 +215,15 @@ def describe(settings: Settings) -> str:
         default = "  (default)" if name == settings.default_host else ""
         credential = "secret key" if host.auth == "account" else "client id"
         lines.append(
-            f"  {name}: {host.type}, {host.auth} auth ({credential}), {host.api_url}, "
+            f"  {name}: {host.type}, {host.auth} auth ({credential}), {_shown(host.api_url)}, "
             f"{host.quota} uploads/day (day in {host.quota_reset_tz}){default}"
         )
     if settings.baidu is None:
         lines.append("baidu: not configured (nothing is submitted)")
     else:
-        quota = settings.baidu.daily_quota or "learned from the API"
-        lines.append(
-            f"baidu: {settings.baidu.api_base}, quota {quota} (day in {settings.baidu.quota_reset_tz})"
-        )
+        baidu = settings.baidu
+        quota = baidu.daily_quota or "learned from the API"
+        lines.append(f"baidu: {_shown(baidu.api_base)}, quota {quota} (day in {baidu.quota_reset_tz})")
     lines.append(f"state_dir: {settings.state_dir}; concurrency: {settings.concurrency}")
     resolver = RuleResolver(settings)
     for folder in settings.folders:

@@ -29,14 +29,16 @@ class Settler:
     def __bool__(self) -> bool:
         return bool(self._seen)
 
-    def changed(self, path: str) -> None:
-        """The file changed: look again once it has been still for `settle` seconds."""
+    def changed(self, path: str, wait: float | None = None) -> None:
+        """The file changed: look again once it has been still for `wait` (default: `settle`)
+        seconds."""
         try:
-            info = os.stat(path)
+            info = os.lstat(path)
         except OSError:
             self._seen.pop(path, None)
             return
-        self._seen[path] = _Seen(info.st_size, info.st_mtime_ns, self._clock() + self.settle)
+        deadline = self._clock() + (self.settle if wait is None else wait)
+        self._seen[path] = _Seen(info.st_size, info.st_mtime_ns, deadline)
 
     def forget(self, path: str) -> None:
         self._seen.pop(path, None)
@@ -52,7 +54,7 @@ class Settler:
             if seen.deadline > now:
                 continue
             try:
-                info = os.stat(path)
+                info = os.lstat(path)
             except OSError:
                 del self._seen[path]
                 continue

@@ -77,6 +77,15 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class Arrived:
+    """A file was moved in whole from outside this watched folder: complete, but possibly the
+    second half of a move from another watched folder, whose first half (a `Gone`) the
+    watchdog of that folder reports a moment later."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class Changed:
     """A file was created or written; it is finished once it stops changing."""
 
@@ -112,7 +121,7 @@ class Rescan:
     path: str
 
 
-Fact = Finished | Changed | Moved | Gone | DirGone | Rescan
+Fact = Finished | Arrived | Changed | Moved | Gone | DirGone | Rescan
 
 
 @dataclass(frozen=True)
@@ -186,7 +195,7 @@ def translate(event: FileSystemEvent) -> Fact | None:
         return Gone(src)
     if isinstance(event, FileMovedEvent):
         if not src:
-            return Finished(dest)
+            return Arrived(dest)
         if not dest:
             return Gone(src)
         return Moved(src, dest)
