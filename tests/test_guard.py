@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
-from tests.conftest import run_cli, sidecar_of, write_config
+from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import png
 from watchd.emulator import Emulator
 from watchd.guard import DeleteGuard
@@ -68,3 +69,31 @@ def test_raising_the_cap_releases_held_deletions(tmp_path: Path, emulator: Emula
     assert run_cli("sync", "-c", str(config)).returncode == 0
     deletes = [c for c in emulator.baidu_calls() if c.endpoint == "delPic"]
     assert sum(len(c.items) for c in deletes) == 55
+
+
+def test_a_reload_does_not_reset_the_guards_window(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "w"
+    folder.mkdir()
+    state = tmp_path / "state"
+    guard = "delete_guard:\n  max_files: 5\n  max_percent: 20\n"
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state, extra=guard)
+    daemon = start_daemon(config)
+    for n in range(12):
+        (folder / f"i{n}.png").write_bytes(png(10 + n, 10))
+    wait_for(lambda: len(emulator.baidu_index()) == 12, timeout=30)
+    withdrawn = lambda: sum(len(c.items) for c in emulator.baidu_calls() if c.endpoint == "delPic")  # noqa: E731
+    for n in range(4):
+        (folder / f"i{n}.png").unlink()
+    wait_for(lambda: withdrawn() == 4, timeout=20)
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in daemon.log())
+    for n in range(4, 8):
+        (folder / f"i{n}.png").unlink()
+    journal = Journal.open(state)
+    wait_for(lambda: journal.held_deletes() == 4, timeout=20)  # 8 in the window: over the cap of 5
+    assert withdrawn() == 4
+    journal.close()
+    assert daemon.stop() == 0

@@ -5,15 +5,22 @@ The real daemon or `Engine.sync`, real files, the emulator on loopback."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import png
+from watchd import pipeline as pipeline_module
 from watchd.config import load_settings
 from watchd.emulator import Emulator
 from watchd.engine import Engine
+from watchd.journal import Journal
+from watchd.logs import SecretFilter
+from watchd.pipeline import Intake
 
 
 def _folder_and_config(tmp_path: Path, emulator: Emulator, **rules: object) -> tuple[Path, Path]:
@@ -114,3 +121,57 @@ def test_sync_says_so_when_baidu_items_are_left_queued(tmp_path: Path, emulator:
     (folder / "cat.png").write_bytes(png(10, 10))
     emulator.set_faults(baidu_quota=0)
     assert Engine(load_settings(config), sleep=lambda _s: None).sync() == 1
+
+
+def test_a_sidecar_that_cannot_be_removed_does_not_stop_the_deletion(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, config = _folder_and_config(tmp_path, emulator)
+    (folder / "cat.png").write_bytes(png(10, 10))
+    assert Engine(load_settings(config), sleep=lambda _s: None).sync() == 0
+    (folder / "cat.png").unlink()
+
+    def refuse(path: Path) -> None:  # e.g. a read-only directory
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(pipeline_module, "remove_sidecar", refuse)
+    engine = Engine(load_settings(config), sleep=lambda _s: None)
+    assert engine.sync() == 0
+    assert [c.endpoint for c in emulator.baidu_calls()] == ["pushPic", "delPic"]
+
+
+def test_a_file_deleted_while_it_is_being_inspected_is_let_go(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, config = _folder_and_config(tmp_path, emulator)
+    (folder / "cat.png").write_bytes(png(10, 10))
+    real_inspect = pipeline_module.inspect_image
+
+    def deleted_first(path: Path, *args: object) -> object:
+        path.unlink()
+        return real_inspect(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline_module, "inspect_image", deleted_first)
+    engine = Engine(load_settings(config), sleep=lambda _s: None)
+    assert engine.pipeline.intake(str(folder / "cat.png"), settled=True, row=None) is Intake.IGNORED
+
+
+def test_an_internal_errors_reason_is_redacted_and_never_a_repr(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    folder, config = _folder_and_config(tmp_path, emulator)
+    (folder / "cat.png").write_bytes(png(10, 10))
+    redacting = logging.NullHandler()  # what setup_logging installs, without its global effects
+    redacting.addFilter(SecretFilter(["s3cret-key-value"]))
+    logging.getLogger().addHandler(redacting)
+    request.addfinalizer(lambda: logging.getLogger().removeHandler(redacting))
+    engine = Engine(load_settings(config), sleep=lambda _s: None)
+
+    def broken(file_id: int) -> str:
+        raise UnicodeEncodeError("ascii", "Bearer s3cret-key-value\xa0", 23, 24, "ordinal not in range")
+
+    monkeypatch.setattr(engine.pipeline, "process", broken)
+    engine.sync()
+    reason = Journal.open(tmp_path / "state").get(str(folder / "cat.png"))
+    assert reason is not None and reason.reason is not None
+    assert reason.reason.startswith("internal error: UnicodeEncodeError") and "s3cret" not in reason.reason
