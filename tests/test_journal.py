@@ -214,3 +214,12 @@ def test_migration_4_marks_what_baidu_may_hold_and_drops_pushes_of_deleted_files
         "tried",
         "fresh",
     }
+
+
+def test_a_retried_sidecar_step_counts_its_attempts_so_its_backoff_grows(journal: Journal) -> None:
+    row = journal.add("/w/a.png", "/w", 10, 1, None)
+    journal.record_retry(row.id, j.UPLOADED, "disk", "disk full", 5.0)
+    journal.record_retry(row.id, j.UPLOADED, "disk", "disk full", 9.0)
+    assert (stored := journal.get_by_id(row.id)) is not None and stored.attempts == 2
+    journal.record_retry(row.id, j.PENDING, "transient", "timeout", 12.0)  # counted when claimed
+    assert (stored := journal.get_by_id(row.id)) is not None and stored.attempts == 2

@@ -226,8 +226,17 @@ class Files(Store):
         return str(db.execute("SELECT baidu_id FROM files WHERE id = ?", (file_id,)).fetchone()[0])
 
     def record_retry(self, file_id: int, state: str, kind: str, reason: str, at: float) -> None:
-        """Put the file back to `state` (pending or uploaded) to be tried again at `at`."""
-        self._set(file_id, state=state, error_kind=kind, reason=reason, next_attempt_at=at)
+        """Put the file back to `state` (pending or uploaded) to be tried again at `at`.
+
+        A retry of the sidecar step (uploaded) counts as an attempt, so its backoff grows;
+        an upload's attempt was counted when it was claimed.
+        """
+        with self._write() as db:
+            db.execute(
+                "UPDATE files SET state = ?, error_kind = ?, reason = ?, next_attempt_at = ?, "
+                "attempts = attempts + ?, updated_at = ? WHERE id = ?",
+                (state, kind, reason, at, int(state == UPLOADED), time.time(), file_id),
+            )
 
     def record_failed(self, file_id: int, kind: str, reason: str) -> None:
         """A permanent failure: never retried automatically (`watchd retry` does it)."""
