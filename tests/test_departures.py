@@ -5,12 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_config
+from tests.imagegen import png
+from watchd.config import load_settings
 from watchd.departures import Departures, FolderAvailability
+from watchd.emulator import Emulator
+from watchd.engine import Engine
 from watchd.guard import DeleteGuard
 from watchd.journal import FileRow, Journal
 
@@ -93,11 +99,25 @@ def test_a_share_not_mounted_yet_at_start_is_unavailable_until_it_is(
     available = FolderAvailability(journal)  # a new process: it never saw the share mounted
     assert not available(share.root)
     [line] = unavailable_lines(caplog)
-    assert "empty although 2 files were there" in line and f"touch {share.root}/.keep" in line
+    assert "empty although 2 files were there" in line and f"touch {share.root}/.watchd-emptied" in line
     share.mount()
     assert not available(share.root), "an empty share is not the one the files were on"
     share.umount()
     share.mount("a.png", "b.png")
+    assert available(share.root)
+
+
+def test_watchds_own_sidecars_in_a_bare_mount_point_do_not_make_it_look_mounted(
+    share: Share, journal: Journal
+) -> None:
+    share.mount("a.png")
+    known(journal, share, "a.png")
+    share.umount()
+    available = FolderAvailability(journal)
+    (share.path / "a.png.link.json").write_text("{}")  # a Baidu refresh written before the check
+    (share.path / ".a.png.link.json.watchd-tmp-1-1").write_text("")
+    assert not available(share.root)
+    (share.path / "b.png").write_bytes(b"x")  # an image: real content
     assert available(share.root)
 
 
@@ -111,7 +131,7 @@ def test_an_empty_folder_is_available_once_its_files_vanished_or_when_it_should_
     journal.mark_missing(rows[0].id, 1.0)  # deleted while watched: it was seen to go
     assert available(share.root)
     journal.mark_missing(rows[0].id, None)
-    (share.path / ".keep").write_bytes(b"")  # what the log line tells a person who emptied it
+    (share.path / ".watchd-emptied").write_bytes(b"")  # what the log line tells a person who emptied it
     assert available(share.root)
 
 
@@ -177,3 +197,25 @@ def test_unavailable_is_logged_once_per_cause(
     share.path.rmdir()
     assert not available(share.root)
     assert len(unavailable_lines(caplog)) == 2
+
+
+def test_a_sync_over_a_share_that_is_not_mounted_ends_and_withdraws_nothing(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    folder = tmp_path / "share"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "state")
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(png(10, 10 + len(emulator.uploads())))
+        assert Engine(load_settings(config), sleep=lambda _s: None).sync() == 0
+    journal = Journal.open(tmp_path / "state")
+    row = journal.get(str(folder / "a.png"))
+    assert row is not None
+    journal.mark_missing(row.id, 1.0)  # seen to go by a daemon killed within the grace
+    journal.close()
+    os.rename(folder, tmp_path / "share-content")  # the share is not mounted: a bare mount point
+    folder.mkdir()
+    started = time.monotonic()
+    Engine(load_settings(config), sleep=lambda _s: None).sync()
+    assert time.monotonic() - started < 10  # it used to wait for the share for ever
+    assert not [c for c in emulator.baidu_calls() if c.endpoint == "delPic"]

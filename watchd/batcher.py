@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -222,8 +223,8 @@ class BaiduBatcher:
     def _refresh_sidecar(self, file_row: FileRow, pushed_at: str) -> None:
         """Add `baidu: {id, pushed_at}` to the sidecar of a freshly submitted file (only the
         formats that show it: rewriting the others would change nothing)."""
-        if file_row.path is None or file_row.link is None:
-            return
+        if file_row.path is None or file_row.link is None or not os.path.lexists(file_row.path):
+            return  # gone meanwhile (or its folder is not mounted): nothing to write next to
         try:
             rules = self.pipeline.resolver.rules_for(Path(file_row.path))
             if rules.sidecar_format in SHOWS_BAIDU:

@@ -20,10 +20,12 @@ from typing import BinaryIO
 
 from watchd.guard import DeleteGuard
 from watchd.journal import Journal
+from watchd.pipeline import candidate_name
 from watchd.schema import FileRow
 
 log = logging.getLogger(__name__)
 
+EMPTIED_MARK = ".watchd-emptied"  # a folder emptied on purpose, not a share that is not mounted
 CONFIRMED = 2  # files.delete_held: confirmed by `watchd confirm-deletes`, retired past the guard
 MOUNTINFO = "/proc/self/mountinfo"
 _UNREACHABLE = "it is missing or cannot be read (unmounted? detached?); nothing is withdrawn until it is back"
@@ -91,7 +93,7 @@ class FolderAvailability:
         try:
             device = os.stat(root).st_dev
             with os.scandir(root) as entries:
-                empty = next(entries, None) is None
+                empty = not any(_content(entry) for entry in entries)
         except OSError:
             return _UNREACHABLE
         if not os.access(root, os.R_OK | os.X_OK):
@@ -107,13 +109,28 @@ class FolderAvailability:
         if empty and (known := self._journal.present_count(root)):
             return (
                 f"it is empty although {known} files were there (a share not mounted yet?); nothing is "
-                f"withdrawn. If you emptied it on purpose, put any file in it (touch {root}/.keep): "
+                f"withdrawn. If you emptied it on purpose, mark it so (touch {root}/{EMPTIED_MARK}): "
                 "the deletions then pass the mass-delete guard like any other"
             )
         if last is not None and place != last:
             self._remounted.add(root)
         self._places[root] = place
         return None
+
+
+def _content(entry: os.DirEntry[str]) -> bool:
+    """Whether a folder entry is the folder's own content: an image, a visible directory, or
+    the mark of a folder emptied on purpose. Sidecars and temp files do not count: watchd
+    itself may write them into a bare mount point (a Baidu refresh), and that must not make
+    it look mounted."""
+    if entry.name == EMPTIED_MARK:
+        return True
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            return not entry.name.startswith(".")
+    except OSError:
+        return True
+    return candidate_name(entry.name)
 
 
 class Departures:

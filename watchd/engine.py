@@ -380,7 +380,7 @@ class Engine:
             deadlines += [self._next_root_check, self._next_rescan]
         if self.workers.free() > 0 and (due := self.journal.next_due_time()) is not None:
             deadlines.append(due)
-        if self.journal.missing(older_than=now):
+        if self._departing(now):
             deadlines.append(now + self.grace)
         if self._status_dirty and self.notifier.enabled:
             deadlines.append(now + max(0.0, self._status_sent + STATUS_INTERVAL - time.monotonic()))
@@ -508,6 +508,11 @@ class Engine:
             self._retire(replaced)  # `mv a.png b.png` over a published b.png: b is deleted
         self.pipeline.move(row, dest)
 
+    def _departing(self, now: float) -> bool:
+        """Whether vanished files wait to be retired: only in available folders, so a sync
+        over an unmounted share ends instead of waiting for it."""
+        return any(self._available(row.root) for row in self.journal.missing(older_than=now))
+
     def _retire(self, row: j.FileRow) -> None:
         if self.pipeline.retire(row) and self.batcher is not None:
             self.batcher.wake()
@@ -618,7 +623,7 @@ class Engine:
             self.notifier.status(self._status_line())
 
     def _idle(self, now: float) -> bool:
-        if self.workers.in_flight or self._settler or self.journal.missing(older_than=now):
+        if self.workers.in_flight or self._settler or self._departing(now):
             return False
         due = self.journal.next_due_time()
         if due is not None and due <= now:
