@@ -107,17 +107,16 @@ def test_a_share_not_mounted_yet_at_start_is_unavailable_until_it_is(
     assert available(share.root)
 
 
-def test_watchds_own_sidecars_in_a_bare_mount_point_do_not_make_it_look_mounted(
+def test_watchds_hidden_temp_files_in_a_bare_mount_point_do_not_make_it_look_mounted(
     share: Share, journal: Journal
 ) -> None:
     share.mount("a.png")
     known(journal, share, "a.png")
     share.umount()
     available = FolderAvailability(journal)
-    (share.path / "a.png.link.json").write_text("{}")  # a Baidu refresh written before the check
     (share.path / ".a.png.link.json.watchd-tmp-1-1").write_text("")
     assert not available(share.root)
-    (share.path / "b.png").write_bytes(b"x")  # an image: real content
+    (share.path / "a.png.link.json").write_text("{}")  # left by a deleted image: on the share
     assert available(share.root)
 
 

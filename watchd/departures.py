@@ -20,7 +20,6 @@ from typing import BinaryIO
 
 from watchd.guard import DeleteGuard
 from watchd.journal import Journal
-from watchd.pipeline import candidate_name
 from watchd.schema import FileRow
 
 log = logging.getLogger(__name__)
@@ -119,18 +118,11 @@ class FolderAvailability:
 
 
 def _content(entry: os.DirEntry[str]) -> bool:
-    """Whether a folder entry is the folder's own content: an image, a visible directory, or
-    the mark of a folder emptied on purpose. Sidecars and temp files do not count: watchd
-    itself may write them into a bare mount point (a Baidu refresh), and that must not make
-    it look mounted."""
-    if entry.name == EMPTIED_MARK:
-        return True
-    try:
-        if entry.is_dir(follow_symlinks=False):
-            return not entry.name.startswith(".")
-    except OSError:
-        return True
-    return candidate_name(entry.name)
+    """Whether a folder entry shows the folder's own filesystem is there: anything visible
+    (sidecars left by deleted images too: they live on the share), or the mark of a folder
+    emptied on purpose. Hidden entries, such as watchd's temp files, do not count; watchd
+    writes no sidecar next to an original that is not there."""
+    return entry.name == EMPTIED_MARK or not entry.name.startswith(".")
 
 
 class Departures:

@@ -240,6 +240,8 @@ class Pipeline:
             return self._finish(row.with_upload(upload), rules, upload)
         if row.state != j.UPLOADED:
             return "gone"
+        if not os.path.lexists(row.path):  # no sidecar next to nothing (an unmounted share?)
+            return self._vanished(row)
         return self._finish(row, rules)
 
     def _upload(self, row: FileRow, rules: EffectiveRules) -> UploadResult | str:
