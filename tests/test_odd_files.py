@@ -175,3 +175,18 @@ def test_an_internal_errors_reason_is_redacted_and_never_a_repr(
     reason = Journal.open(tmp_path / "state").get(str(folder / "cat.png"))
     assert reason is not None and reason.reason is not None
     assert reason.reason.startswith("internal error: UnicodeEncodeError") and "s3cret" not in reason.reason
+
+
+def test_a_sidecar_name_can_never_overwrite_an_image(tmp_path: Path, emulator: Emulator) -> None:
+    for template in ("{stem}.jpg", "{stem}.PNG", "{id}.webp"):
+        _folder, config = _folder_and_config(tmp_path / template[-3:], emulator, sidecar={"name": template})
+        result = run_cli("check", "-c", str(config))
+        assert result.returncode != 0 and "must not end in an image suffix" in result.stdout + result.stderr
+    bare_stem = {"name": "{stem}", "format": "txt"}
+    folder, config = _folder_and_config(tmp_path / "stem", emulator, sidecar=bare_stem)
+    (folder / "cat.png").write_bytes(png(10, 10))
+    (folder / "cat.png.png").write_bytes(png(11, 11))  # its "{stem}" sidecar would be cat.png
+    Engine(load_settings(config), sleep=lambda _s: None).sync()
+    assert (folder / "cat.png").read_bytes() == png(10, 10)
+    failed = Journal.open(tmp_path / "stem" / "state").get(str(folder / "cat.png.png"))
+    assert failed is not None and failed.state == "failed" and "names an image" in (failed.reason or "")

@@ -40,6 +40,7 @@ from pydantic import (
 from watchd import templates
 from watchd.configfile import Document, External, Loc, Located, validate
 from watchd.errors import ConfigError
+from watchd.imagefile import IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -65,6 +66,8 @@ def _sidecar_name(value: str) -> str:
         raise ValueError(
             f"cannot use {{{with_slashes[0]}}}: it holds '/', and a sidecar name must be a plain file name"
         )
+    if os.path.splitext(value)[1].lower() in IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES:
+        raise ValueError("must not end in an image suffix: a sidecar must never replace an image")
     if not set(used) & {"name", "stem", "id"}:
         raise ValueError("must contain {name} or {stem} so that every image gets its own sidecar")
     return value

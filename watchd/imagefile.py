@@ -25,6 +25,11 @@ from typing import BinaryIO
 
 from watchd.errors import PermanentFileError
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif"})  # what ImageBan takes
+UNSUPPORTED_SUFFIXES = frozenset(  # images it does not: refused with a reason, not ignored
+    {".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".svg"}
+)
+
 MAX_BYTES = 10 * 1024 * 1024
 READ_WHOLE_BELOW = 1024 * 1024
 HASH_CHUNK = 1024 * 1024

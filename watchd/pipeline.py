@@ -30,7 +30,7 @@ from watchd.errors import (
     TransientError,
 )
 from watchd.hosts.base import Host, UploadRequest
-from watchd.imagefile import inspect_image, load_image, sha256_file
+from watchd.imagefile import IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES, inspect_image, load_image, sha256_file
 from watchd.indexers.baidu import encode_url, make_title, validate_push_item
 from watchd.indexers.base import PushItem
 from watchd.journal import FileRow, Journal, UploadResult
@@ -50,10 +50,6 @@ from watchd.templates import file_context, render
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif"})
-UNSUPPORTED_SUFFIXES = frozenset(
-    {".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".svg"}
-)
 TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", "~", ".swp", ".!sync")
 CONFIG_PAUSE_RECHECK = 3600.0
 
@@ -376,6 +372,11 @@ class Pipeline:
         assert uploaded is not None and row.host is not None
         context = self._context(row)
         target = sidecar_path(path, rules.sidecar_name, context)
+        if candidate_name(target.name):  # e.g. "{stem}.jpg": cat.png's sidecar would be cat.jpg
+            raise ValueError(
+                f"sidecar name template {rules.sidecar_name!r} names an image ({target.name}), "
+                "and originals are never overwritten"
+            )
         record = SidecarRecord(
             original=path,
             link=uploaded.link,
