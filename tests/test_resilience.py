@@ -321,3 +321,15 @@ def test_a_full_disk_under_the_journal_stops_nothing_and_loses_nothing(
         assert daemon.stop() == 0
         status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
         assert status["files"]["done"] == 41
+
+
+def test_with_periodic_rescans_off_an_idle_daemon_sleeps(tmp_path: Path, emulator: Emulator) -> None:
+    config, _folder = make_config(tmp_path, emulator, extra="rescan_interval: 0\n")
+    engine = Engine(load_settings(config))
+    engine._start(watch=True)
+    try:
+        engine._turn(until_idle=False)  # the start-up reconciliation; the timers are set
+        assert engine._timeout() > 1.0  # a past rescan deadline made it wake every 5 ms
+    finally:
+        engine.stop()
+        engine._shutdown()

@@ -155,6 +155,20 @@ def test_a_vanished_socket_is_swallowed(tmp_path: Path, monkeypatch: pytest.Monk
     notifier.stopping()
 
 
+def test_a_socket_nobody_reads_never_blocks_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))  # bound, never read: its queue fills after a few datagrams
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        notifier = Notifier()
+        started = time.monotonic()
+        for n in range(200):
+            notifier.status(f"update {n}")
+        assert time.monotonic() - started < 5  # a blocking send hung here for good
+
+
 def test_an_unreachable_socket_turns_notifications_off(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

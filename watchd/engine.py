@@ -377,7 +377,9 @@ class Engine:
         now = self.clock()
         deadlines = self._settler.deadlines()
         if self.watcher is not None:
-            deadlines += [self._next_root_check, self._next_rescan]
+            deadlines.append(self._next_root_check)
+            if self.settings.rescan_interval:  # 0 = off: a deadline in the past would spin the loop
+                deadlines.append(self._next_rescan)
         if self.workers.free() > 0 and (due := self.journal.next_due_time()) is not None:
             deadlines.append(due)
         if self._departing(now):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 
@@ -79,9 +80,9 @@ class Notifier:
     def _send(self, *assignments: str) -> None:
         if self._sender is None:
             return
-        try:
-            self._sender.socket.sendall("\n".join(assignments).encode())
-        except OSError as exc:
+        try:  # never blocks: a notify socket nobody reads must not stall the daemon
+            self._sender.socket.send("\n".join(assignments).encode(), socket.MSG_DONTWAIT)
+        except OSError as exc:  # including BlockingIOError: that message is dropped
             log.debug("sd_notify %s failed: %s", assignments[0], exc)
 
 
