@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from tests.conftest import StartDaemon, sidecar_of, wait_for, write_config
@@ -171,3 +172,79 @@ def test_files_a_rule_file_stops_excluding_are_published_without_a_restart(
     (folder / ".watchd.yaml").write_text("tags: [x]\n", encoding="utf-8")
     wait_for(lambda: sidecar_of(folder / "a.gif").exists(), timeout=20)
     assert daemon.stop() == 0
+
+
+def _uploading(tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon, name: str) -> tuple[Path, Path]:
+    """A daemon whose upload of `name` is in flight (the emulator answers after 2 s)."""
+    folder, state = tmp_path / "w", tmp_path / "state"
+    folder.mkdir(exist_ok=True)
+    start_daemon(write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state))
+    emulator.set_faults(latency=2.0)
+    (folder / name).write_bytes(png(10, 10))
+    wait_for(lambda: states(state).get(str(folder / name)) == "uploading", timeout=10)
+    return folder, state
+
+
+def test_renamed_twice_while_uploading_is_one_upload_with_its_sidecar_at_the_last_name(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder, _state = _uploading(tmp_path, emulator, start_daemon, "a.png")
+    os.rename(folder / "a.png", folder / "b.png")
+    time.sleep(0.3)
+    os.rename(folder / "b.png", folder / "c.png")
+    emulator.set_faults(latency=0.0)
+    wait_for(lambda: sorted(p.name for p in folder.iterdir()) == ["c.png", "c.png.link.json"], timeout=20)
+    time.sleep(0.5)
+    assert len(emulator.uploads()) == 1 and len(emulator.baidu_index()) == 1
+
+
+def test_renamed_then_deleted_while_uploading_is_withdrawn(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder, state = _uploading(tmp_path, emulator, start_daemon, "a.png")
+    os.rename(folder / "a.png", folder / "b.png")
+    time.sleep(0.3)
+    (folder / "b.png").unlink()
+    emulator.set_faults(latency=0.0)
+    wait_for(lambda: list(states(state).values()) == ["deleted"], timeout=20)
+    wait_for(lambda: not any(folder.iterdir()) and emulator.baidu_index() == {}, timeout=20)
+
+
+def test_renaming_over_a_file_whose_upload_is_in_flight_waits_for_it(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder, state = tmp_path / "w", tmp_path / "state"
+    folder.mkdir()
+    start_daemon(write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state))
+    (folder / "a.png").write_bytes(png(10, 10))
+    (folder / "b.png").write_bytes(png(11, 11))
+    wait_for(lambda: len(emulator.baidu_index()) == 2, timeout=20)
+    a_id, b_id = (baidu_id(state, folder / name) for name in ("a.png", "b.png"))
+    emulator.set_faults(latency=2.0)
+    (folder / "b.png").write_bytes(png(12, 12))  # b is re-uploaded...
+    wait_for(lambda: states(state).get(str(folder / "b.png")) == "uploading", timeout=10)
+    os.rename(folder / "a.png", folder / "b.png")  # ...when a is renamed over it
+    emulator.set_faults(latency=0.0)
+    wait_for(lambda: set(emulator.baidu_index()) == {a_id}, timeout=20)
+    a_link = next(u.link for u in emulator.uploads() if u.name == "a.png")
+    wait_for(lambda: a_link in sidecar_of(folder / "b.png").read_text(encoding="utf-8"))
+    assert b_id not in emulator.baidu_index()
+
+
+def test_a_move_to_another_watched_folder_while_uploading_leaves_no_sidecar_behind(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    first, second, state = tmp_path / "a", tmp_path / "b", tmp_path / "state"
+    first.mkdir()
+    second.mkdir()
+    start_daemon(
+        write_config(tmp_path / "c.yaml", emulator, [{"path": first}, {"path": second}], state_dir=state)
+    )
+    emulator.set_faults(latency=2.0)
+    (first / "x.png").write_bytes(png(10, 10))
+    wait_for(lambda: states(state).get(str(first / "x.png")) == "uploading", timeout=10)
+    os.rename(first / "x.png", second / "x.png")
+    emulator.set_faults(latency=0.0)
+    wait_for(lambda: sorted(p.name for p in second.iterdir()) == ["x.png", "x.png.link.json"], timeout=20)
+    wait_for(lambda: not any(first.iterdir()), timeout=20)
+    assert len(emulator.uploads()) == 1

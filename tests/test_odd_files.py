@@ -93,7 +93,7 @@ def test_a_file_deleted_while_queued_ends_the_sync_instead_of_spinning(
 def test_a_sidecar_name_that_cannot_be_made_fails_the_file_not_the_daemon(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
-    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.png", "format": "txt"})
+    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.{ext}", "format": "txt"})
     daemon = start_daemon(config)
     (folder / "cat.png").write_bytes(png(10, 10))  # its sidecar would be named cat.png: refused
     status = lambda: json.loads(run_cli("status", "-c", str(config), "--json").stdout)  # noqa: E731

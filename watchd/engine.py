@@ -141,7 +141,10 @@ class Engine:
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
         self._dirty: set[int] = set()
-        self._moves_after_work: dict[int, str] = {}  # file id → where it moved while in flight
+        # Moves and deletions of files a worker holds wait until it is done (`_hold`); a path
+        # they lead to maps to the file whose facts it belongs with (a rename of a rename).
+        self._after_work: dict[int, list[Fact]] = {}
+        self._held_paths: dict[str, int] = {}
         self._unrecordable: set[str] = set()  # paths already warned about
         self._watched_roots: set[str] = set()
         self._next_root_check = 0.0
@@ -447,6 +450,8 @@ class Engine:
                 self._note_change(path, wait=ARRIVAL_WAIT)
             case Moved(src, dest):
                 self._moved(src, dest)
+            case Gone(path) if path in self._held_paths:
+                self._hold(self._held_paths.pop(path), fact)
             case Gone(path):
                 self.departures.gone([self.journal.get(path)])
             case DirGone(path):
@@ -482,7 +487,7 @@ class Engine:
         if row is not None and row.id in self.workers.in_flight:
             self._dirty.add(row.id)
             return
-        result = self.pipeline.intake(path, settled=settled, row=row)
+        result = self.pipeline.intake(path, settled=settled, row=row, busy=self.workers.in_flight)
         if result is Intake.WAIT:
             self._note_change(path)
         elif result is Intake.FAILED:
@@ -492,7 +497,16 @@ class Engine:
         if self.pipeline.ours(path):
             self._settler.changed(path, wait)
 
+    def _hold(self, file_id: int, fact: Fact) -> None:
+        """Keep a fact about a file a worker holds (its journal row is the worker's until then)."""
+        self._after_work.setdefault(file_id, []).append(fact)
+        if isinstance(fact, Moved):
+            self._held_paths[fact.dest] = file_id
+
     def _moved(self, src: str, dest: str) -> None:
+        if src in self._held_paths:  # renamed again before the first rename could be applied
+            self._hold(self._held_paths.pop(src), Moved(src, dest))
+            return
         row = self.journal.get(src)
         if row is None or (row.state == j.FAILED and row.uploaded() is None):
             if row is not None:
@@ -503,10 +517,13 @@ class Engine:
             self.departures.gone([row])
             return
         if row.id in self.workers.in_flight:  # the worker holds the old path: move once it is done
-            self._moves_after_work[row.id] = dest
+            self._hold(row.id, Moved(src, dest))
             return
         replaced = self.journal.get(dest)
         if replaced is not None and replaced.id != row.id and replaced.uploaded() is not None:
+            if replaced.id in self.workers.in_flight:  # retire it once its worker is done
+                self._hold(replaced.id, Moved(src, dest))
+                return
             self._retire(replaced)  # `mv a.png b.png` over a published b.png: b is deleted
         self.pipeline.move(row, dest)
 
@@ -593,10 +610,12 @@ class Engine:
             self.metrics.observe(outcome, seconds)
         if outcome == "journal":
             raise sqlite3.OperationalError("a worker could not write the journal")
-        moved_to = self._moves_after_work.pop(file_id, None)
-        if moved_to is not None and (row := self.journal.get_by_id(file_id)) and row.path is not None:
-            self._moved(row.path, moved_to)
-        if outcome != "done" or file_id in self._dirty or moved_to is not None:  # the path may have moved
+        held = self._after_work.pop(file_id, [])
+        for fact in held:  # in the order they came: a rename of a rename, then maybe a deletion
+            if isinstance(fact, Moved):
+                self._held_paths.pop(fact.dest, None)
+            self._handle_safely(fact)
+        if outcome != "done" or file_id in self._dirty or held:  # the path may have moved
             row = self.journal.get_by_id(file_id)
             path = row.path if row is not None else None
         self._count(outcome, path or f"#{file_id}")

@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,11 +105,11 @@ class Pipeline:
     def folder_for(self, path: str) -> FolderSettings | None:
         return self.resolver.folder_for(Path(path))
 
-    def intake(self, path: str, *, settled: bool, row: FileRow | None) -> Intake:
+    def intake(self, path: str, *, settled: bool, row: FileRow | None, busy: Collection[int] = ()) -> Intake:
         """Decide what a finished (or, unless `settled`, possibly unfinished) file needs.
 
         `row` is the file's journal row (None: the journal does not know it), which the
-        caller has just read.
+        caller has just read; `busy` are the files workers hold (not to be moved under them).
         """
         folder = self.folder_for(path)
         if folder is None or not self.ours(path):
@@ -158,7 +158,7 @@ class Pipeline:
                 "(an interrupted copy?); copy it again",
             )
         try:
-            return self._queue(path, root, row, info)
+            return self._queue(path, root, row, info, busy)
         except FileNotFoundError:
             return Intake.IGNORED
         except PermanentFileError as exc:  # unreadable while being hashed
@@ -174,10 +174,14 @@ class Pipeline:
         below = os.path.relpath(os.path.dirname(path), folder.path)
         return below == "." or not any(part.startswith(".") for part in below.split(os.sep))
 
-    def _queue(self, path: str, root: str, row: FileRow | None, info: os.stat_result) -> Intake:
+    def _queue(
+        self, path: str, root: str, row: FileRow | None, info: os.stat_result, busy: Collection[int]
+    ) -> Intake:
         if row is None:
             if self.journal.has_missing_of_size(info.st_size):
                 source = self.journal.find_moved_source(sha256_file(Path(path)), info.st_size)
+                if source is not None and source.id in busy:
+                    return Intake.WAIT  # its worker still holds the old path: pair it after
                 if source is not None:
                     self.move(source, path)
                     return Intake.MOVED
