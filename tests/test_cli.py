@@ -176,3 +176,30 @@ def test_an_unusable_state_dir_gets_a_clear_message(tmp_path: Path, emulator: Em
     assert result.returncode == 2
     assert "cannot open the journal in" in result.stderr and "state_dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_status_on_a_journal_it_cannot_read_says_so_without_a_traceback(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    state = tmp_path / "s"
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state)
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    (state / "journal.sqlite3").write_bytes(b"this is not a database" * 100)
+    for command in (["status"], ["status", "--json"], ["retry", "--failed"], ["confirm-deletes"]):
+        result = run_cli(*command, "-c", str(config))
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert "journal" in result.stderr
+
+
+def test_forget_finds_a_file_through_a_symlinked_folder(tmp_path: Path, emulator: Emulator) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    folders = [{"path": tmp_path / "link"}]
+    config = write_config(tmp_path / "c.yaml", emulator, folders, state_dir=tmp_path / "s")
+    (real / "a.png").write_bytes(png(10, 10))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    result = run_cli("forget", "-c", str(config), str(tmp_path / "link" / "a.png"))
+    assert result.returncode == 0 and "forgotten" in result.stdout, result.stderr

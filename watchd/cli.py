@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import os
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from watchd import __version__
 from watchd.config import Settings, default_config_path, load_settings
 from watchd.errors import ConfigError, WatchdError
-from watchd.journal import Journal
+from watchd.journal import JOURNAL_NAME, Journal
 from watchd.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -107,6 +107,26 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+@contextlib.contextmanager
+def _journal(settings: Settings, *, read_only: bool = False) -> Iterator[Journal]:
+    """The journal for a one-shot command, with a message instead of a traceback when it
+    cannot be opened or read (permissions, a corrupt file, a newer or older schema)."""
+    state_dir = settings.state_dir
+    try:
+        journal = Journal.open_read_only(state_dir) if read_only else Journal.open(state_dir)
+    except (OSError, sqlite3.Error, RuntimeError) as exc:
+        raise WatchdError(
+            f"cannot open the journal in {state_dir}: {exc}; run this as the user the service runs "
+            "as (or with sudo), and check state_dir in the config"
+        ) from exc
+    try:
+        yield journal
+    except sqlite3.Error as exc:
+        raise WatchdError(f"cannot read the journal in {state_dir}: {exc}") from exc
+    finally:
+        journal.close()
+
+
 def _engine(settings: Settings, progress: Progress | None = None) -> Engine:
     """The engine for `run` and `sync`, with a clear message when its state cannot be opened."""
     from watchd.engine import Engine
@@ -162,14 +182,14 @@ def _status(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        journal = Journal.open_read_only(settings.state_dir)
-    except FileNotFoundError:
+        exists = (settings.state_dir / JOURNAL_NAME).exists()
+    except OSError:  # not ours to look into: `_journal` says so
+        exists = True
+    if not exists:
         print(f"no journal in {settings.state_dir} yet: watchd has not run with this config", file=sys.stderr)
         return 1
-    try:
+    with _journal(settings, read_only=True) as journal:
         status = build_status(settings, journal)
-    finally:
-        journal.close()
     if args.json:
         print(json.dumps(status, indent=2, ensure_ascii=False))
     else:
@@ -183,39 +203,30 @@ def _retry(args: argparse.Namespace) -> int:
     if not args.paths and not args.failed:
         print("watchd retry: name files to retry, or pass --failed for all of them", file=sys.stderr)
         return EXIT_CONFIG
-    journal = Journal.open(_settings(args).state_dir)
-    try:
-        paths = None if args.failed else [os.path.abspath(p) for p in args.paths]
+    with _journal(_settings(args)) as journal:
+        paths = None if args.failed else [str(p.resolve()) for p in args.paths]
         n = journal.retry_failed(paths)
-    finally:
-        journal.close()
     print(f"{n} queued again; a running daemon picks them up, or run `watchd sync`")
     return 0
 
 
 def _forget(args: argparse.Namespace) -> int:
-    journal = Journal.open(_settings(args).state_dir)
     missing = 0
-    try:
+    with _journal(_settings(args)) as journal:
         for path in args.paths:
-            row = journal.get(os.path.abspath(path))
+            row = journal.get(str(path.resolve()))  # as the journal holds it: folders are resolved
             if row is None:
                 print(f"{path}: not in the journal", file=sys.stderr)
                 missing += 1
                 continue
             journal.forget(row.id)
             print(f"{path}: forgotten")
-    finally:
-        journal.close()
     return 1 if missing else 0
 
 
 def _confirm_deletes(args: argparse.Namespace) -> int:
-    journal = Journal.open(_settings(args).state_dir)
-    try:
+    with _journal(_settings(args)) as journal:
         n = journal.confirm_deletes()
-    finally:
-        journal.close()
     print(f"{n} held deletions released; a running daemon withdraws them within seconds")
     return 0
 

@@ -65,10 +65,10 @@ class Store:
         uri = f"file:{urllib.parse.quote(str(path))}?mode=ro" + ("" if wal_present else "&immutable=1")
         db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
         journal = cls(path, db)
-        if journal.schema_version != len(MIGRATIONS):
+        if (version := journal.schema_version) != len(MIGRATIONS):
             db.close()
             raise RuntimeError(
-                f"journal {path} has schema version {journal.schema_version}, this watchd expects "
+                f"journal {path} has schema version {version}, this watchd expects "
                 f"{len(MIGRATIONS)}: let the daemon (of this version) open it first"
             )
         return journal
