@@ -203,3 +203,13 @@ def test_forget_finds_a_file_through_a_symlinked_folder(tmp_path: Path, emulator
     assert run_cli("sync", "-c", str(config)).returncode == 0
     result = run_cli("forget", "-c", str(config), str(tmp_path / "link" / "a.png"))
     assert result.returncode == 0 and "forgotten" in result.stdout, result.stderr
+
+
+def test_status_shows_paths_with_brackets_as_they_are(tmp_path: Path, emulator: Emulator) -> None:
+    folder = tmp_path / "[final] shots"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    (folder / "[holiday] beach.png").write_bytes(b"not an image at all")
+    run_cli("sync", "-c", str(config))
+    result = run_cli("status", "-c", str(config))
+    assert "[final] shots" in result.stdout and "[holiday] beach.png" in result.stdout, result.stdout

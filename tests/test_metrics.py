@@ -10,6 +10,7 @@ import httpx
 from tests.conftest import StartDaemon, sidecar_of, wait_for, write_config
 from tests.imagegen import png
 from watchd.emulator import Emulator
+from watchd.metrics import Metrics
 
 
 def free_port() -> int:
@@ -46,3 +47,9 @@ def test_metrics_report_outcomes_latency_queues_and_quotas(
     assert 'watchd_service_paused{service="baidu"} 0' in text
     assert httpx.get(f"http://127.0.0.1:{port}/other").status_code == 404
     assert daemon.stop() == 0
+
+
+def test_large_gauge_values_are_rendered_in_full() -> None:
+    metrics = Metrics(lambda: {"watchd_files": {(("state", "done"),): 1234567.0, (): 2.5}})
+    text = metrics.render()
+    assert 'watchd_files{state="done"} 1234567\n' in text and "watchd_files 2.5\n" in text

@@ -192,6 +192,11 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_running(
     wait_for(lambda: "configuration reloaded" in daemon.log())
     (second / "new-folder.png").write_bytes(png(4, 4))
     wait_for(lambda: sidecar_of(second / "new-folder.png").exists())
+    assert "restart" not in daemon.log()
+
+    config.write_text("concurrency: 2\n" + config.read_text())  # what a reload cannot apply
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "concurrency changed, which takes effect only at a restart" in daemon.log())
     assert daemon.stop() == 0
 
 

@@ -668,6 +668,17 @@ class Engine:
             self.notifier.ready(self._status_line())
             return
         add_secrets(settings.secrets())
+        fixed = [
+            key
+            for key in ("state_dir", "concurrency", "metrics")
+            if getattr(settings, key) != getattr(self.settings, key)
+        ]
+        if fixed:
+            log.warning(
+                "reload: %s changed, which takes effect only at a restart (systemctl restart watchd); "
+                "everything else in the new configuration is in use now",
+                ", ".join(fixed),
+            )
         self._stop_batcher()
         self._release_configuration_pauses()
         self.journal.rejudge_held_deletes()

@@ -46,6 +46,11 @@ def journal_gauges(journal: Journal, services: Sequence[QuotaGate]) -> GaugeValu
     }
 
 
+def _number(value: float) -> str:
+    """A sample value in full: `:g` would print 1234567 as 1.23457e+06."""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 class Metrics:
     """What the engine reports; `render` is the text Prometheus scrapes."""
 
@@ -90,7 +95,8 @@ class Metrics:
             lines.append(f"# TYPE {name} gauge")
             for labels, value in series.items():
                 text = ",".join(f'{key}="{_escape(val)}"' for key, val in labels)
-                lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
+                shown = _number(value)
+                lines.append(f"{name}{{{text}}} {shown}" if text else f"{name} {shown}")
         return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from watchd import journal as j
 from watchd.batcher import SERVICE as BAIDU
@@ -94,7 +95,7 @@ def render_status(status: dict[str, Any], console: Console) -> None:
         folders.add_column(column, justify="right" if column in j.STATES else "left")
     for folder in status["folders"]:
         folders.add_row(
-            folder["path"],
+            Text(folder["path"]),  # plain text: a path like "[final] shots" is not markup
             "yes" if folder["available"] else "[red]NO[/red]",
             *(str(folder["files"][state]) for state in j.STATES),
         )
@@ -135,9 +136,9 @@ def render_status(status: dict[str, Any], console: Console) -> None:
         failures.add_column("state")
         failures.add_column("reason")
         for row in status["recent_failures"]:
-            failures.add_row(row["path"], row["state"], row["reason"] or "")
+            failures.add_row(Text(row["path"]), row["state"], Text(row["reason"] or ""))
         for row in status["baidu_failures"]:
-            failures.add_row(f"baidu {row['action']} {row['id']}", "failed", row["reason"] or "")
+            failures.add_row(f"baidu {row['action']} {row['id']}", "failed", Text(row["reason"] or ""))
         console.print(failures)
     else:
         console.print("No problems recorded.")
