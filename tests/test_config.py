@@ -445,3 +445,13 @@ def test_a_secret_with_a_pasted_stray_character_is_refused_without_showing_it(
     (problem,) = problems_of(write(tmp_path, MINIMAL))
     assert "hosts.me.secret_key" in problem and what in problem and "copy the secret again" in problem
     assert "TOP" not in problem and "SECRET" not in problem
+
+
+def test_ratios_and_leading_zeros_stay_the_text_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_KEY", SECRET)
+    config = write(tmp_path, MINIMAL + "defaults:\n  tags: [wallpaper, 16:9, 4:3]\n  album: 0755\n")
+    defaults = load_settings(config).defaults
+    assert defaults.tags == ["wallpaper", "16:9", "4:3"]  # YAML 1.1 reads 16:9 as 969 (base 60)
+    assert defaults.album == "0755"  # and 0755 as 493 (octal)

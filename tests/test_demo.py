@@ -14,9 +14,10 @@ from tests.imagegen import png
 
 def test_the_demo_shows_each_step(tmp_path: Path) -> None:
     output = tmp_path / "demo.out"
+    folder = tmp_path / "demo #1 ${HOME}"  # YAML would read a comment and an env variable in it
     with open(output, "wb") as sink:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "watchd", "demo", "--dir", str(tmp_path / "demo")],
+            [sys.executable, "-m", "watchd", "demo", "--dir", str(folder)],
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
@@ -24,7 +25,7 @@ def test_the_demo_shows_each_step(tmp_path: Path) -> None:
         text = lambda: output.read_text(encoding="utf-8", errors="replace")  # noqa: E731
         wait_for(lambda: "watching 1 folders" in text(), timeout=20)
         assert "drop a JPEG, PNG or GIF into" in text()
-        image = tmp_path / "demo" / "hello.png"
+        image = folder / "hello.png"
         image.write_bytes(png(8, 8))
         wait_for(lambda: sidecar_of(image).exists())
         link = json.loads(sidecar_of(image).read_text(encoding="utf-8"))["link"]

@@ -44,6 +44,25 @@ def _dotted(loc: Loc) -> str:
 # -- YAML with lines -----------------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as PyYAML's safe loader reads it, except numbers: only plain decimals are numbers,
+    so `16:9` stays the text 16:9 (YAML 1.1 reads 969, in base 60) and an album id `0755`
+    stays 0755 (not 493, in octal), as YAML 1.2 has it."""
+
+
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in _NUMBER_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_NUMBER_TAGS[0], re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    _NUMBER_TAGS[1],
+    re.compile(r"^[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+(?=[eE]))(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
 class Document:
     """A parsed YAML document: its data, the line of every key and item, and its problems."""
 
@@ -51,7 +70,7 @@ class Document:
         self.source = source
         self.lines: dict[Loc, int] = {(): 1}
         self._problems: list[tuple[int, str]] = []
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             node = loader.get_single_node()
             self.data: Any = loader.construct_document(node) if node is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -39,8 +40,11 @@ def run_demo(folder: Path) -> int:
     with Emulator() as emulator:
         config = state / "config.yaml"
         config.write_text(
-            DEMO_CONFIG.format(
-                state=state / "state", imageban=emulator.imageban_url, baidu=emulator.baidu_url, folder=folder
+            DEMO_CONFIG.format(  # paths as JSON strings (JSON is YAML): "#" or "${" in them stay text
+                state=json.dumps(str(state / "state")).replace("${", "$${"),
+                imageban=emulator.imageban_url,
+                baidu=emulator.baidu_url,
+                folder=json.dumps(str(folder.resolve())).replace("${", "$${"),
             ),
             encoding="utf-8",
         )
