@@ -455,3 +455,9 @@ def test_ratios_and_leading_zeros_stay_the_text_they_were(
     defaults = load_settings(config).defaults
     assert defaults.tags == ["wallpaper", "16:9", "4:3"]  # YAML 1.1 reads 16:9 as 969 (base 60)
     assert defaults.album == "0755"  # and 0755 as 493 (octal)
+
+
+def test_a_host_named_by_a_number_can_be_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_KEY", SECRET)
+    text = MINIMAL.replace("  me:\n", "  2024:\n") + "defaults:\n  host: 2024\n"
+    assert load_settings(write(tmp_path, text)).default_host == "2024"

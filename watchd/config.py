@@ -398,7 +398,7 @@ def load_settings(path: Path) -> Settings:
     external = External(document, Path(credentials) if credentials else base_dir)
     data = external.resolve(raw, ())
     hosts = data.get("hosts")
-    context = {"base_dir": base_dir, "hosts": tuple(hosts) if isinstance(hosts, dict) else None}
+    context = {"base_dir": base_dir, "hosts": tuple(map(str, hosts)) if isinstance(hosts, dict) else None}
     settings = validate(Settings, document, data, context, skip=external.failed)
     document.check()
     assert settings is not None  # validation failed only if it added problems
