@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import StartDaemon, run_cli, write_config
 from tests.imagegen import png
 from watchd.emulator import Emulator
@@ -213,3 +215,22 @@ def test_status_shows_paths_with_brackets_as_they_are(tmp_path: Path, emulator: 
     run_cli("sync", "-c", str(config))
     result = run_cli("status", "-c", str(config))
     assert "[final] shots" in result.stdout and "[holiday] beach.png" in result.stdout, result.stdout
+
+
+def test_commands_that_only_read_the_journal_need_no_secrets(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    monkeypatch.setenv("TEST_SECRET_KEY", "key-from-the-service-environment")
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    config.write_text(
+        config.read_text().replace("${TEST_SECRET_KEY:-demo-secret}", "${WATCHD_TEST_UNSET_KEY}"),
+        encoding="utf-8",
+    )
+    monkeypatch.delenv("TEST_SECRET_KEY")  # as for `watchd status` outside the unit's EnvironmentFile
+    assert run_cli("check", "-c", str(config)).returncode != 0  # the daemon does need it
+    for command in (["status"], ["status", "--json"], ["retry", "--failed"], ["confirm-deletes"]):
+        result = run_cli(*command, "-c", str(config))
+        assert result.returncode == 0, (command, result.stderr)

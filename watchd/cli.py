@@ -91,7 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, *, read_secrets: bool = True) -> Settings:
+    """The config for a command; one that only reads the journal (status, retry, forget,
+    confirm-deletes) does not read the secrets, which may be the service's alone."""
     path = args.config or default_config_path()
     if not path.exists():
         raise ConfigError(
@@ -100,7 +102,7 @@ def _settings(args: argparse.Namespace) -> Settings:
                 "(or try `watchd demo` first)"
             ]
         )
-    settings = load_settings(path)
+    settings = load_settings(path, read_secrets=read_secrets)
     for warning in settings.warnings:
         log.warning("%s", warning)
     setup_logging(args.log_level, args.log_format, settings.secrets())
@@ -180,7 +182,7 @@ def _check(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from watchd.report import build_status, render_status
 
-    settings = _settings(args)
+    settings = _settings(args, read_secrets=False)
     try:
         exists = (settings.state_dir / JOURNAL_NAME).exists()
     except OSError:  # not ours to look into: `_journal` says so
@@ -203,7 +205,7 @@ def _retry(args: argparse.Namespace) -> int:
     if not args.paths and not args.failed:
         print("watchd retry: name files to retry, or pass --failed for all of them", file=sys.stderr)
         return EXIT_CONFIG
-    with _journal(_settings(args)) as journal:
+    with _journal(_settings(args, read_secrets=False)) as journal:
         paths = None if args.failed else [str(p.resolve()) for p in args.paths]
         n = journal.retry_failed(paths)
     print(f"{n} queued again; a running daemon picks them up, or run `watchd sync`")
@@ -212,7 +214,7 @@ def _retry(args: argparse.Namespace) -> int:
 
 def _forget(args: argparse.Namespace) -> int:
     missing = 0
-    with _journal(_settings(args)) as journal:
+    with _journal(_settings(args, read_secrets=False)) as journal:
         for path in args.paths:
             row = journal.get(str(path.resolve()))  # as the journal holds it: folders are resolved
             if row is None:
@@ -225,7 +227,7 @@ def _forget(args: argparse.Namespace) -> int:
 
 
 def _confirm_deletes(args: argparse.Namespace) -> int:
-    with _journal(_settings(args)) as journal:
+    with _journal(_settings(args, read_secrets=False)) as journal:
         n = journal.confirm_deletes()
     print(f"{n} held deletions released; a running daemon withdraws them within seconds")
     return 0

@@ -38,7 +38,7 @@ from pydantic import (
 )
 
 from watchd import templates
-from watchd.configfile import Document, External, Loc, Located, validate
+from watchd.configfile import UNREAD_SECRET, Document, External, Loc, Located, validate
 from watchd.errors import ConfigError
 from watchd.imagefile import IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES
 
@@ -373,16 +373,18 @@ class Settings(_Model):
             values += [self.baidu.app_id, self.baidu.app_token]
             urls.append(self.baidu.api_base)
         passwords = [password for url in urls if (password := urlsplit(url).password)]
-        return [s.get_secret_value() for s in values if s is not None] + passwords
+        known = [s.get_secret_value() for s in values if s is not None]
+        return [s for s in known if s != UNREAD_SECRET] + passwords
 
 
-def load_settings(path: Path) -> Settings:
+def load_settings(path: Path, *, read_secrets: bool = True) -> Settings:
     """Given a config file, return its validated settings.
 
     Raise ConfigError listing every problem found (unreadable file, bad YAML, unknown keys,
     bad values, missing environment variables, unreadable secret files, cross-check
     failures). A file that holds a secret inline and is readable by group or others gives
-    a warning in `Settings.warnings` instead. Folders are not required to exist.
+    a warning in `Settings.warnings` instead. Folders are not required to exist. Without
+    `read_secrets` (commands that only read the journal) secrets are neither read nor needed.
     """
     source = str(path)
     try:
@@ -395,7 +397,7 @@ def load_settings(path: Path) -> Settings:
     raw = document.require_mapping("state_dir:, hosts:, baidu:, defaults:, folders:")
     base_dir = path.absolute().parent
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    external = External(document, Path(credentials) if credentials else base_dir)
+    external = External(document, Path(credentials) if credentials else base_dir, read_secrets=read_secrets)
     data = external.resolve(raw, ())
     hosts = data.get("hosts")
     context = {"base_dir": base_dir, "hosts": tuple(map(str, hosts)) if isinstance(hosts, dict) else None}

@@ -150,18 +150,24 @@ def _secret_scope(loc: Loc) -> bool:
     return loc == ("baidu",) or (len(loc) == 2 and loc[0] == "hosts")
 
 
+UNREAD_SECRET = "not-read"
+
+
 class External:
     """Replaces ``${VAR}`` and ``*_file`` secrets, recording problems and inline secrets.
 
-    Relative secret file paths are taken from `secrets_dir`. A value that could not be
+    Relative secret file paths are taken from `secrets_dir`. Without `read_secrets`, every
+    secret is left unread, as `UNREAD_SECRET` (its environment variable or file may be the
+    service's alone). A value that could not be
     resolved becomes "" and its location goes into `failed`, so that validation does not
     report the same key a second time. `inline` lists the secret keys written in the file
     itself (not as a lone ``${VAR}``), as dotted keys.
     """
 
-    def __init__(self, document: Document, secrets_dir: Path) -> None:
+    def __init__(self, document: Document, secrets_dir: Path, *, read_secrets: bool = True) -> None:
         self.document = document
         self.secrets_dir = secrets_dir
+        self.read_secrets = read_secrets
         self.failed: set[Loc] = set()
         self.inline: list[str] = []
 
@@ -181,6 +187,9 @@ class External:
         for key, item in value.items():
             name = str(key)
             target = name.removesuffix(FILE_SUFFIX)
+            if secret_scope and target in SECRET_KEYS and not self.read_secrets:
+                out[target] = UNREAD_SECRET  # a command that only reads the journal needs none
+                continue
             if secret_scope and name.endswith(FILE_SUFFIX) and target in SECRET_KEYS:
                 if target in value:
                     self._fail((*loc, name), f"set {target} or {name}, not both")
