@@ -6,11 +6,12 @@ import socket
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import StartDaemon, sidecar_of, wait_for, write_config
 from tests.imagegen import png
 from watchd.emulator import Emulator
-from watchd.metrics import Metrics
+from watchd.metrics import Metrics, MetricsServer
 
 
 def free_port() -> int:
@@ -53,3 +54,15 @@ def test_large_gauge_values_are_rendered_in_full() -> None:
     metrics = Metrics(lambda: {"watchd_files": {(("state", "done"),): 1234567.0, (): 2.5}})
     text = metrics.render()
     assert 'watchd_files{state="done"} 1234567\n' in text and "watchd_files 2.5\n" in text
+
+
+def test_the_endpoint_listens_on_an_ipv6_loopback_too() -> None:
+    try:
+        server = MetricsServer(Metrics(lambda: {}), "::1", 0).start()
+    except OSError as exc:  # a machine without IPv6 has nothing to test here
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    try:
+        answer = httpx.get(f"http://[::1]:{server.port}/metrics", timeout=5)
+        assert answer.status_code == 200 and "watchd_files_total" in answer.text
+    finally:
+        server.stop()

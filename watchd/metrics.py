@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -105,7 +106,8 @@ class MetricsServer:
 
     def __init__(self, metrics: Metrics, host: str, port: int) -> None:
         handler = type("Handler", (_Handler,), {"metrics": metrics})
-        self._server = ThreadingHTTPServer((host, port), handler)
+        server = _IPv6Server if ":" in host else ThreadingHTTPServer  # "::1" from "[::1]:9465"
+        self._server = server((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
 
@@ -120,6 +122,10 @@ class MetricsServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):
