@@ -73,6 +73,15 @@ def candidate_name(name: str) -> bool:
     return suffix in IMAGE_SUFFIXES or suffix in UNSUPPORTED_SUFFIXES
 
 
+def _publishable(path: str, root: Path) -> bool:
+    """An image name with no hidden directory between `root` and it (`.Trash-1000/`, `.git/`,
+    a sync tool's `.stfolder`), so that moving a file into one counts as moving it out."""
+    if not candidate_name(os.path.basename(path)):
+        return False
+    below = os.path.relpath(os.path.dirname(path), root)
+    return below == "." or not any(part.startswith(".") for part in below.split(os.sep))
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -112,7 +121,7 @@ class Pipeline:
         caller has just read; `busy` are the files workers hold (not to be moved under them).
         """
         folder = self.folder_for(path)
-        if folder is None or not self.ours(path):
+        if folder is None or not _publishable(path, folder.path):
             return Intake.IGNORED
         root = str(folder.path)
         try:
@@ -165,14 +174,9 @@ class Pipeline:
             return self._reject(path, root, info, exc.message)
 
     def ours(self, path: str) -> bool:
-        """Whether `path` (below a watched folder) is a file watchd may publish: an image name,
-        and no hidden directory on the way (`.Trash-1000/`, `.git/`, a sync tool's `.stfolder`),
-        so moving a file into one counts as moving it out."""
+        """Whether `path` is a file watchd may publish: below a watched folder, see `_publishable`."""
         folder = self.folder_for(path)
-        if folder is None or not candidate_name(os.path.basename(path)):
-            return False
-        below = os.path.relpath(os.path.dirname(path), folder.path)
-        return below == "." or not any(part.startswith(".") for part in below.split(os.sep))
+        return folder is not None and _publishable(path, folder.path)
 
     def _queue(
         self, path: str, root: str, row: FileRow | None, info: os.stat_result, busy: Collection[int]
