@@ -530,7 +530,8 @@ class Engine:
     def _departing(self, now: float) -> bool:
         """Whether vanished files wait to be retired: only in available folders, so a sync
         over an unmounted share ends instead of waiting for it."""
-        return any(self._available(row.root) for row in self.journal.missing(older_than=now))
+        roots = {row.root for row in self.journal.missing(older_than=now)}
+        return any(self._available(root) for root in roots)  # each folder looked at once
 
     def _retire(self, row: j.FileRow) -> None:
         if self.pipeline.retire(row) and self.batcher is not None:
