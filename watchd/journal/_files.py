@@ -102,30 +102,25 @@ class Files(Store):
 
     def requeue(self, file_id: int, size: int, mtime_ns: int, sha256: str | None) -> None:
         """New content at a known path: upload again (same row, same Baidu id)."""
-        self._set(
-            file_id,
-            state=PENDING,
-            size=size,
-            mtime_ns=mtime_ns,
-            sha256=sha256,
-            error_kind=None,
-            reason=None,
-            attempts=0,
-            next_attempt_at=0.0,
-        )
+        self._due_again(file_id, PENDING, size, mtime_ns, sha256=sha256)
 
     def requeue_sidecar(self, file_id: int, size: int, mtime_ns: int) -> None:
         """A failed file whose content is what was uploaded: only its sidecar (and Baidu item)
         are due again, never a second upload."""
+        self._due_again(file_id, UPLOADED, size, mtime_ns)
+
+    def _due_again(self, file_id: int, state: str, size: int, mtime_ns: int, **fields: object) -> None:
+        """Back to `state` with the new stamp, due now, its failures forgotten."""
         self._set(
             file_id,
-            state=UPLOADED,
+            state=state,
             size=size,
             mtime_ns=mtime_ns,
             error_kind=None,
             reason=None,
             attempts=0,
             next_attempt_at=0.0,
+            **fields,
         )
 
     def touch(self, file_id: int, size: int, mtime_ns: int) -> None:
