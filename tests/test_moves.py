@@ -17,6 +17,16 @@ from tests.imagegen import gif, png
 from watchd.emulator import Emulator
 
 
+def _watched(tmp_path: Path, emulator: Emulator, *names: str) -> tuple[list[Path], Path, Path]:
+    """Watched folders `names` under `tmp_path`, the state directory, and their config."""
+    folders = [tmp_path / name for name in names]
+    for folder in folders:
+        folder.mkdir()
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": f} for f in folders], state_dir=state)
+    return folders, state, config
+
+
 def states(state_dir: Path) -> dict[str | None, str]:
     """path → state of every journal row (deleted rows under None)."""
     with sqlite3.connect(state_dir / "journal.sqlite3") as db:
@@ -39,10 +49,7 @@ def baidu_calls(emulator: Emulator) -> list[tuple[str, list[str]]]:
 def test_a_rename_while_the_upload_is_in_flight_moves_the_sidecar_with_it(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
-    folder = tmp_path / "w"
-    folder.mkdir()
-    state = tmp_path / "state"
-    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state)
+    (folder,), state, config = _watched(tmp_path, emulator, "w")
     daemon = start_daemon(config)
     emulator.set_faults(latency=1.5)
     (folder / "Screenshot.png").write_bytes(png(10, 10))
@@ -59,10 +66,7 @@ def test_a_rename_while_the_upload_is_in_flight_moves_the_sidecar_with_it(
 def test_renaming_a_file_over_a_published_one_retires_the_replaced_one_without_a_reupload(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
-    folder = tmp_path / "w"
-    folder.mkdir()
-    state = tmp_path / "state"
-    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state)
+    (folder,), state, config = _watched(tmp_path, emulator, "w")
     daemon = start_daemon(config)
     (folder / "a.png").write_bytes(png(10, 10))
     (folder / "b.png").write_bytes(png(11, 11))
@@ -81,10 +85,9 @@ def test_renaming_a_file_over_a_published_one_retires_the_replaced_one_without_a
 def test_moving_a_file_into_a_hidden_directory_is_a_deletion(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
-    folder = tmp_path / "w"
+    (folder,), _state, config = _watched(tmp_path, emulator, "w")
     trash = folder / ".Trash-1000" / "files"
     trash.mkdir(parents=True)
-    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "state")
     daemon = start_daemon(config)
     (folder / "cat.png").write_bytes(png(10, 10))
     wait_for(lambda: any(endpoint == "pushPic" for endpoint, _ in baidu_calls(emulator)), timeout=20)
@@ -98,10 +101,7 @@ def test_moving_a_file_into_a_hidden_directory_is_a_deletion(
 def test_a_broken_rule_file_does_not_fail_or_forget_a_published_file(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
-    folder = tmp_path / "w"
-    folder.mkdir()
-    state = tmp_path / "state"
-    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state)
+    (folder,), state, config = _watched(tmp_path, emulator, "w")
     daemon = start_daemon(config)
     (folder / "cat.png").write_bytes(png(10, 10))
     wait_for(lambda: any(endpoint == "pushPic" for endpoint, _ in baidu_calls(emulator)), timeout=20)
@@ -122,11 +122,8 @@ def test_a_broken_rule_file_does_not_fail_or_forget_a_published_file(
 def test_a_rule_file_saved_by_rename_retakes_the_files_it_had_failed(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
-    folder = tmp_path / "w"
-    folder.mkdir()
-    state = tmp_path / "state"
+    (folder,), state, config = _watched(tmp_path, emulator, "w")
     (folder / ".watchd.yaml").write_text("tagz: [x]\n", encoding="utf-8")
-    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state)
     daemon = start_daemon(config)
     (folder / "cat.png").write_bytes(png(10, 10))
     wait_for(lambda: states(state).get(str(folder / "cat.png")) == "failed", timeout=20)
@@ -140,11 +137,7 @@ def test_a_rule_file_saved_by_rename_retakes_the_files_it_had_failed(
 def test_a_move_between_two_watched_folders_is_a_move_not_a_second_upload(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
-    first, second = tmp_path / "a", tmp_path / "b"
-    first.mkdir()
-    second.mkdir()
-    state = tmp_path / "state"
-    config = write_config(tmp_path / "c.yaml", emulator, [{"path": first}, {"path": second}], state_dir=state)
+    (first, second), state, config = _watched(tmp_path, emulator, "a", "b")
     daemon = start_daemon(config)
     (first / "cat.png").write_bytes(png(10, 10))
     wait_for(lambda: len(emulator.baidu_index()) == 1, timeout=20)
@@ -160,10 +153,8 @@ def test_a_move_between_two_watched_folders_is_a_move_not_a_second_upload(
 def test_files_a_rule_file_stops_excluding_are_published_without_a_restart(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
-    folder = tmp_path / "w"
-    folder.mkdir()
+    (folder,), _state, config = _watched(tmp_path, emulator, "w")
     (folder / ".watchd.yaml").write_text("exclude: ['*.gif']\n", encoding="utf-8")
-    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "state")
     daemon = start_daemon(config)
     (folder / "a.gif").write_bytes(gif(10, 10))
     (folder / "b.png").write_bytes(png(10, 10))
@@ -176,9 +167,8 @@ def test_files_a_rule_file_stops_excluding_are_published_without_a_restart(
 
 def _uploading(tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon, name: str) -> tuple[Path, Path]:
     """A daemon whose upload of `name` is in flight (the emulator answers after 2 s)."""
-    folder, state = tmp_path / "w", tmp_path / "state"
-    folder.mkdir(exist_ok=True)
-    start_daemon(write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state))
+    (folder,), state, config = _watched(tmp_path, emulator, "w")
+    start_daemon(config)
     emulator.set_faults(latency=2.0)
     (folder / name).write_bytes(png(10, 10))
     wait_for(lambda: states(state).get(str(folder / name)) == "uploading", timeout=10)
@@ -213,9 +203,8 @@ def test_renamed_then_deleted_while_uploading_is_withdrawn(
 def test_renaming_over_a_file_whose_upload_is_in_flight_waits_for_it(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
-    folder, state = tmp_path / "w", tmp_path / "state"
-    folder.mkdir()
-    start_daemon(write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state))
+    (folder,), state, config = _watched(tmp_path, emulator, "w")
+    start_daemon(config)
     (folder / "a.png").write_bytes(png(10, 10))
     (folder / "b.png").write_bytes(png(11, 11))
     wait_for(lambda: len(emulator.baidu_index()) == 2, timeout=20)
@@ -234,12 +223,8 @@ def test_renaming_over_a_file_whose_upload_is_in_flight_waits_for_it(
 def test_a_move_to_another_watched_folder_while_uploading_leaves_no_sidecar_behind(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
-    first, second, state = tmp_path / "a", tmp_path / "b", tmp_path / "state"
-    first.mkdir()
-    second.mkdir()
-    start_daemon(
-        write_config(tmp_path / "c.yaml", emulator, [{"path": first}, {"path": second}], state_dir=state)
-    )
+    (first, second), state, config = _watched(tmp_path, emulator, "a", "b")
+    start_daemon(config)
     emulator.set_faults(latency=2.0)
     (first / "x.png").write_bytes(png(10, 10))
     wait_for(lambda: states(state).get(str(first / "x.png")) == "uploading", timeout=10)
