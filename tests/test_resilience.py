@@ -10,6 +10,7 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,6 +23,7 @@ from watchd import pipeline as pipeline_module
 from watchd.config import load_settings
 from watchd.emulator import Emulator
 from watchd.engine import Engine
+from watchd.hosts.base import Uploaded, UploadRequest
 
 FAST_RETRIES = """
 retry:
@@ -81,6 +83,35 @@ def test_an_exhausted_quota_pauses_uploads_instead_of_hammering(
     assert pause["kind"] == "quota" and pause["until"]
     assert status["queue"]["uploads"] == 8
     assert daemon.stop() == 0
+
+
+def test_uploads_in_flight_never_exceed_concurrency_yet_fill_it(tmp_path: Path, emulator: Emulator) -> None:
+    # The workers outnumber `concurrency` (bookkeeping overlaps uploads); the slots must not.
+    config, folder = make_config(tmp_path, emulator, extra=FAST_RETRIES + "concurrency: 2\n")
+    for n in range(12):
+        (folder / f"s{n}.png").write_bytes(png(n + 1, 6))
+    emulator.set_faults(latency=0.05)
+    engine = Engine(load_settings(config), sleep=lambda _s: None)
+    host = engine.pipeline.hosts["me"]
+    send = host.upload
+    lock = threading.Lock()
+    in_flight, most = 0, 0
+
+    def counted(request: UploadRequest) -> Uploaded:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        try:
+            return send(request)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    host.upload = counted  # type: ignore[method-assign]
+    assert engine.sync() == 0
+    assert len(emulator.uploads()) == 12
+    assert most == 2
 
 
 def test_the_configured_daily_quota_is_never_exceeded(tmp_path: Path, emulator: Emulator) -> None:

@@ -13,6 +13,7 @@ import enum
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, replace
@@ -30,7 +31,14 @@ from watchd.errors import (
     TransientError,
 )
 from watchd.hosts.base import Host, UploadRequest
-from watchd.imagefile import IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES, inspect_image, load_image, sha256_file
+from watchd.imagefile import (
+    IMAGE_SUFFIXES,
+    UNSUPPORTED_SUFFIXES,
+    LoadedImage,
+    inspect_image,
+    load_image,
+    sha256_file,
+)
 from watchd.indexers.baidu import encode_url, make_title, validate_push_item
 from watchd.indexers.base import PushItem
 from watchd.journal import FileRow, Journal, UploadResult
@@ -104,6 +112,9 @@ class Pipeline:
         self.clock = clock
         self.sleep = sleep
         self.resolver = RuleResolver(settings)
+        # `concurrency` is the number of uploads in flight; the workers outnumber it so that
+        # journal commits and sidecar writes overlap other uploads instead of idling a slot.
+        self.upload_slots = threading.BoundedSemaphore(settings.concurrency)
         self.quotas = {
             name: QuotaGate(journal, f"imageban:{name}", host.quota, host.quota_reset_tz, clock)
             for name, host in settings.hosts.items()
@@ -252,10 +263,9 @@ class Pipeline:
         """Send the file; its result (not yet recorded), or the outcome when it was not sent."""
         assert row.path is not None
         path = Path(row.path)
-        host = self.hosts[rules.host]
         service = f"imageban:{rules.host}"
-        if self.paused_until(service) is not None:
-            return self._defer(row, j.PENDING, "paused", f"{service} is paused", self._pause_end(service))
+        if self.paused_until(service) is not None:  # checked again in _send; this spares the read
+            return self._defer_while_paused(row, service)
         try:
             loaded = load_image(path)
             if not loaded.info.complete:
@@ -268,6 +278,17 @@ class Pipeline:
             self.journal.record_failed(row.id, "permanent", exc.message)
             log.warning("not uploaded: %s: %s", path, exc.message)
             return "failed"
+        with self.upload_slots:
+            return self._send(row, rules, loaded)
+
+    def _send(self, row: FileRow, rules: EffectiveRules, loaded: LoadedImage) -> UploadResult | str:
+        """Claim and send a loaded file, holding an upload slot from the pause check to the
+        answer: a pause that began while this file waited for a slot stops it here."""
+        assert row.path is not None
+        path = Path(row.path)
+        service = f"imageban:{rules.host}"
+        if self.paused_until(service) is not None:
+            return self._defer_while_paused(row, service)
         quota = self.quotas[rules.host]
         reservation = quota.reserve()
         if reservation is None:
@@ -278,6 +299,7 @@ class Pipeline:
             return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
         self.journal.claim_upload(row.id, loaded.sha256, reservation)
         request = UploadRequest(path, path.name, rules.album, loaded.info, loaded.content)
+        host = self.hosts[rules.host]
         try:
             uploaded = self.call_with_retry(lambda: host.upload(request), f"upload of {path}")
         except ServiceError as exc:
@@ -325,6 +347,9 @@ class Pipeline:
             extra={"path": row.path},
         )
         return self._defer(row, j.PENDING, "transient", str(exc), retry_at, outcome="retry")
+
+    def _defer_while_paused(self, row: FileRow, service: str) -> str:
+        return self._defer(row, j.PENDING, "paused", f"{service} is paused", self._pause_end(service))
 
     def _defer(
         self, row: FileRow, state: str, kind: str, reason: str, at: float, outcome: str = "paused"

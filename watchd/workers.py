@@ -24,7 +24,8 @@ from watchd.schema import FileRow
 
 log = logging.getLogger(__name__)
 
-PREFETCH = 2  # files dispatched per worker: one running, one waiting in the queue
+THREADS_PER_SLOT = 2  # while one thread uploads, its twin commits to the journal and writes a sidecar
+PREFETCH = 2  # files dispatched per thread: one running, one waiting in the queue
 INTERNAL_ERROR_RETRY = 60.0
 
 
@@ -38,7 +39,12 @@ class Done:
 
 
 class UploadWorkers:
-    """`concurrency` threads running `process(file_id)`; each outcome goes to `report`."""
+    """Threads running `process(file_id)`; each outcome goes to `report`.
+
+    `process` holds one of `concurrency` upload slots only while it sends (see
+    Pipeline.upload_slots), so there are more threads than slots: reading, journal commits
+    and sidecar writes run while other threads' uploads are in flight.
+    """
 
     def __init__(
         self,
@@ -62,7 +68,7 @@ class UploadWorkers:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        for n in range(self.concurrency):
+        for n in range(self.concurrency * THREADS_PER_SLOT):
             thread = threading.Thread(target=self._run, name=f"upload-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -74,8 +80,8 @@ class UploadWorkers:
         self._threads = []
 
     def free(self) -> int:
-        """How many more files may be dispatched now (each worker keeps one waiting)."""
-        return self.concurrency * PREFETCH - len(self.in_flight)
+        """How many more files may be dispatched now (each thread keeps one waiting)."""
+        return self.concurrency * THREADS_PER_SLOT * PREFETCH - len(self.in_flight)
 
     def dispatch(self, rows: Iterable[FileRow]) -> None:
         for row in rows:
