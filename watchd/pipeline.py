@@ -112,8 +112,9 @@ class Pipeline:
         self.clock = clock
         self.sleep = sleep
         self.resolver = RuleResolver(settings)
-        # `concurrency` is the number of uploads in flight; the workers outnumber it so that
-        # journal commits and sidecar writes overlap other uploads instead of idling a slot.
+        # `concurrency` is the number of uploads in flight, each slot held from the claim to
+        # the answer (`_send`); the workers outnumber the slots so that reading a file,
+        # recording its upload and writing its sidecar overlap other uploads.
         self.upload_slots = threading.BoundedSemaphore(settings.concurrency)
         self.quotas = {
             name: QuotaGate(journal, f"imageban:{name}", host.quota, host.quota_reset_tz, clock)

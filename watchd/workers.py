@@ -24,7 +24,7 @@ from watchd.schema import FileRow
 
 log = logging.getLogger(__name__)
 
-THREADS_PER_SLOT = 2  # while one thread uploads, its twin commits to the journal and writes a sidecar
+THREADS_PER_SLOT = 2  # while one thread uploads, its twin records an upload and writes a sidecar
 PREFETCH = 2  # files dispatched per thread: one running, one waiting in the queue
 INTERNAL_ERROR_RETRY = 60.0
 
@@ -41,9 +41,9 @@ class Done:
 class UploadWorkers:
     """Threads running `process(file_id)`; each outcome goes to `report`.
 
-    `process` holds one of `concurrency` upload slots only while it sends (see
-    Pipeline.upload_slots), so there are more threads than slots: reading, journal commits
-    and sidecar writes run while other threads' uploads are in flight.
+    `process` holds one of `concurrency` upload slots only from its claim to the server's
+    answer (see Pipeline.upload_slots), so there are more threads than slots: reading the
+    file, recording the upload and writing the sidecar run while other uploads are in flight.
     """
 
     def __init__(
