@@ -100,7 +100,8 @@ def test_modify_rename_and_delete(
     renamed.parent.mkdir()
     os.rename(original, renamed)
     wait_for(lambda: sidecar_of(renamed).exists())
-    assert not sidecar_of(original).exists()
+    # The new sidecar is written before the move is committed and the old one removed.
+    wait_for(lambda: not sidecar_of(original).exists())
     time.sleep(1.5)
     assert len(emulator.uploads()) == 2 and not deletes(emulator)
 
