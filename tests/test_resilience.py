@@ -136,12 +136,14 @@ def test_attempts_that_never_reached_the_host_do_not_use_up_its_quota(
         probe.bind(("127.0.0.1", 0))
         dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
     reachable = config.read_text().replace("type: imageban\n", "type: imageban\n    daily_quota: 3\n", 1)
-    reachable = "concurrency: 1\n" + reachable  # one reservation at a time (see the note on issue 6)
+    reachable = "concurrency: 4\n" + reachable
     config.write_text(reachable.replace(emulator.imageban_url, dead_url))
     for n in range(5):
         (folder / f"c{n}.png").write_bytes(png(n + 1, 6))
     now = [time.time()]
-    assert Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None).sync() == 1
+    # Each retry waits 0.1 s, so while three sends hold the whole quota, failing, the other
+    # two ask for a unit: they must wait for the units to come back, not pause for the day.
+    assert Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: time.sleep(0.1)).sync() == 1
     config.write_text(reachable)  # the host is back; the retries are due an hour later
     now[0] += 3600
     assert Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None).sync() == 1

@@ -285,19 +285,25 @@ class Pipeline:
     def _send(self, row: FileRow, rules: EffectiveRules, loaded: LoadedImage) -> UploadResult | str:
         """Claim and send a loaded file, holding an upload slot from the pause check to the
         answer: a pause that began while this file waited for a slot stops it here."""
+        service = f"imageban:{rules.host}"
+        quota = self.quotas[rules.host]
+        while True:
+            if self.paused_until(service) is not None:
+                return self._defer_while_paused(row, service)
+            with quota.hold() as reservation:
+                if reservation is not None:
+                    return self._claim_and_send(row, rules, loaded, reservation)
+            if not quota.wait_for_room():
+                break
+        reason = f"daily quota of {quota.limit} uploads used up; resumes at {_clock_time(quota.reset_at())}"
+        self.journal.pause(service, "quota", quota.reset_at(), reason)
+        return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
+
+    def _claim_and_send(
+        self, row: FileRow, rules: EffectiveRules, loaded: LoadedImage, reservation: tuple[str, str]
+    ) -> UploadResult | str:
         assert row.path is not None
         path = Path(row.path)
-        service = f"imageban:{rules.host}"
-        if self.paused_until(service) is not None:
-            return self._defer_while_paused(row, service)
-        quota = self.quotas[rules.host]
-        reservation = quota.reserve()
-        if reservation is None:
-            reason = (
-                f"daily quota of {quota.limit} uploads used up; resumes at {_clock_time(quota.reset_at())}"
-            )
-            self.journal.pause(service, "quota", quota.reset_at(), reason)
-            return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
         self.journal.claim_upload(row.id, loaded.sha256, reservation)
         request = UploadRequest(path, path.name, rules.album, loaded.info, loaded.content)
         host = self.hosts[rules.host]
@@ -305,8 +311,8 @@ class Pipeline:
             uploaded = self.call_with_retry(lambda: host.upload(request), f"upload of {path}")
         except ServiceError as exc:
             if isinstance(exc, TransientError) and not exc.reached:
-                quota.give_back(reservation)
-            return self._upload_failed(row, service, exc)
+                self.quotas[rules.host].give_back(reservation)
+            return self._upload_failed(row, f"imageban:{rules.host}", exc)
         except FileNotFoundError:
             self.journal.record_retry(row.id, j.PENDING, "transient", "file vanished during upload", 0)
             return self._vanished(row)

@@ -8,7 +8,8 @@ does not forget what was already spent today.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -35,6 +36,9 @@ class QuotaGate:
     a day (only this process writes it: one watchd per journal); the caller records the
     reservation in the journal together with the send's intent, in one transaction. A
     reservation whose transaction fails stays counted here, which errs on the safe side.
+
+    Concurrent senders use `hold`, which also counts the sends in flight: a unit they may
+    still give back is not yet spent, so no one concludes from it that the day is over.
     """
 
     def __init__(
@@ -46,8 +50,10 @@ class QuotaGate:
         self.tz = tz
         self.clock = clock
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)  # notified when a held send ends
         self._day = ""
         self._used = 0
+        self._in_flight = 0
 
     def used_today(self) -> int:
         return self.journal.quota_used(self.service, day_key(self.tz, self.clock()))
@@ -67,11 +73,41 @@ class QuotaGate:
         """Count `n` sends if today's limit allows them all, and return the (service, day)
         to record with their intent; None (nothing counted) if the limit does not allow them."""
         with self._lock:
-            day = self._load_today()
-            if self.limit is not None and self._used + n > self.limit:
-                return None
-            self._used += n
-        return self.service, day
+            return self._take(n)
+
+    @contextmanager
+    def hold(self) -> Iterator[tuple[str, str] | None]:
+        """Reserve one send for the block, counted as in flight until the block ends (a
+        `give_back` belongs inside it); None, and nothing counted, when there is no room."""
+        with self._lock:
+            reservation = self._take(1)
+            if reservation is not None:
+                self._in_flight += 1
+        if reservation is None:
+            yield None
+            return
+        try:
+            yield reservation
+        finally:
+            with self._settled:
+                self._in_flight -= 1
+                self._settled.notify_all()
+
+    def wait_for_room(self) -> bool:
+        """With today's limit reached, wait while held sends are in flight; True when there
+        is room again.
+
+        A held send that never reached the service gives its unit back, so a day is not
+        over while units an outage is about to return are still out.
+        """
+        with self._settled:
+            while True:
+                self._load_today()
+                if self.limit is None or self._used < self.limit:
+                    return True
+                if not self._in_flight:
+                    return False
+                self._settled.wait()
 
     def give_back(self, reservation: tuple[str, str], n: int = 1) -> None:
         """Return `n` units of a reservation whose sends never reached the service: an outage
@@ -81,6 +117,14 @@ class QuotaGate:
             if day == self._day:
                 self._used -= n
         self.journal.give_back_quota(self.service, day, n)
+
+    def _take(self, n: int) -> tuple[str, str] | None:
+        """`reserve`, called under the lock."""
+        day = self._load_today()
+        if self.limit is not None and self._used + n > self.limit:
+            return None
+        self._used += n
+        return self.service, day
 
     def _load_today(self) -> str:
         """Today's day key, with `_used` holding today's count (called under the lock)."""
