@@ -124,11 +124,15 @@ def test_status_json_has_a_stable_schema(tmp_path: Path, emulator: Emulator) -> 
     result = run_cli("status", "-c", str(config), "--json")
     assert result.returncode == 1 and "has not run" in result.stderr
     assert not (tmp_path / "s").exists(), "status creates nothing"
+    empty = json.loads(result.stdout)  # a script reading it before the first run still gets the schema
+    assert empty["journal"] is None and set(empty["files"].values()) == {0}
+    assert empty["queue"] == {"uploads": 0, "baidu": 0, "held_deletes": 0}
     assert run_cli("sync", "-c", str(config)).returncode == 0
     before = sorted(p.name for p in (tmp_path / "s").iterdir())
     status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == before == ["journal.sqlite3", "watchd.lock"]
-    assert status["schema"] == 1
+    assert status["schema"] == empty["schema"] == 1
+    assert set(empty) == set(status)
     assert set(status) == {
         "schema",
         "journal",

@@ -187,18 +187,33 @@ def _status(args: argparse.Namespace) -> int:
         exists = (settings.state_dir / JOURNAL_NAME).exists()
     except OSError:  # not ours to look into: `_journal` says so
         exists = True
-    if not exists:
+    if exists:
+        with _journal(settings, read_only=True) as journal:
+            status = build_status(settings, journal)
+    else:
         print(f"no journal in {settings.state_dir} yet: watchd has not run with this config", file=sys.stderr)
-        return 1
-    with _journal(settings, read_only=True) as journal:
-        status = build_status(settings, journal)
+        if not args.json:
+            return 1
+        status = _status_before_first_run(settings)  # a script still gets the schema, all zero
     if args.json:
         print(json.dumps(status, indent=2, ensure_ascii=False))
     else:
         from rich.console import Console  # only here: ~30 ms that `run` and `sync` need not pay
 
         render_status(status, Console(width=None if sys.stdout.isatty() else 200))
-    return 0
+    return 0 if exists else 1
+
+
+def _status_before_first_run(settings: Settings) -> dict[str, object]:
+    """What `status --json` says before the first run: an empty journal's view, in memory
+    (`status` creates no files), with `journal` null."""
+    from watchd.report import build_status
+
+    journal = Journal(Path(":memory:"))
+    try:
+        return {**build_status(settings, journal), "journal": None}
+    finally:
+        journal.close()
 
 
 def _retry(args: argparse.Namespace) -> int:
