@@ -8,11 +8,12 @@ broken rule file touching a published file, and a rule file saved by rename.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
 
-from tests.conftest import StartDaemon, sidecar_of, wait_for, write_config
+from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import gif, png
 from watchd.emulator import Emulator
 
@@ -232,4 +233,35 @@ def test_a_move_to_another_watched_folder_while_uploading_leaves_no_sidecar_behi
     emulator.set_faults(latency=0.0)
     wait_for(lambda: sorted(p.name for p in second.iterdir()) == ["x.png", "x.png.link.json"], timeout=20)
     wait_for(lambda: not any(first.iterdir()), timeout=20)
+    assert len(emulator.uploads()) == 1
+
+
+DIE_AFTER_RECORDING_A_MOVE = """
+import os
+from watchd.journal import Journal
+
+record_move = Journal.move
+
+def record_then_die(self, *args, **kwargs):
+    record_move(self, *args, **kwargs)
+    os._exit(137)  # as a kill -9 the instant the move is committed
+
+Journal.move = record_then_die
+"""
+
+
+def test_a_kill_right_after_a_move_is_recorded_leaves_no_sidecar_behind(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    (folder,), _state, config = _watched(tmp_path, emulator, "w")
+    (folder / "a.png").write_bytes(png(10, 10))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(DIE_AFTER_RECORDING_A_MOVE)
+    daemon = start_daemon(config, env={"PYTHONPATH": str(hook)})
+    os.rename(folder / "a.png", folder / "b.png")  # seen by inotify: recorded, then killed
+    assert daemon.stop(signal.SIGCONT) == 137  # SIGCONT: a no-op, only the wait
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["b.png", "b.png.link.json"]
     assert len(emulator.uploads()) == 1

@@ -394,12 +394,12 @@ class Pipeline:
             if upload is not None:
                 self.journal.record_uploaded(row.id, upload)
             raise
+        if row.sidecar_path and row.sidecar_path != str(sidecar):  # before the record: see `move`
+            self._remove_old_sidecar(row.sidecar_path)
         if upload is None:
             self.journal.record_done(row.id, str(sidecar), push, push_error)
         else:
             self.journal.record_published(row.id, upload, str(sidecar), push, push_error)
-        if row.sidecar_path and row.sidecar_path != str(sidecar):
-            self._remove_old_sidecar(row.sidecar_path)
         log.info("published %s → %s (sidecar %s)", row.path, row.link, sidecar.name, extra={"path": row.path})
         return "done"
 
@@ -481,9 +481,10 @@ class Pipeline:
     def move(self, row: FileRow, dest: str) -> None:
         """The original moved inside the watched folders: no re-upload, the sidecar follows.
 
-        The new sidecar is written before the journal records the move; a crash in between
-        leaves the old path vanished and the new one unknown, which reconciliation pairs
-        as the same move again.
+        The new sidecar is written and the old one removed before the journal records the
+        move; a crash before that record leaves the old path vanished and the new one
+        unknown, which reconciliation pairs as the same move again. Once recorded, nothing
+        would remember the old sidecar, so it must be gone by then.
         """
         folder = self.folder_for(dest)
         assert folder is not None
@@ -498,9 +499,9 @@ class Pipeline:
                 self.journal.move(row.id, dest, root, row.sidecar_path)
                 self.journal.record_retry(row.id, j.UPLOADED, "disk", str(exc), self.clock() + 10)
                 return
-        self.journal.move(row.id, dest, root, sidecar)
         if row.sidecar_path and row.sidecar_path != sidecar:
             self._remove_old_sidecar(row.sidecar_path)
+        self.journal.move(row.id, dest, root, sidecar)
         log.info("moved %s → %s (no re-upload)", row.last_path, dest)
 
     def retire(self, row: FileRow) -> bool:
