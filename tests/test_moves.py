@@ -13,7 +13,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
+from tests.conftest import Daemon, StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import gif, png
 from watchd.emulator import Emulator
 
@@ -236,6 +236,15 @@ def test_a_move_to_another_watched_folder_while_uploading_leaves_no_sidecar_behi
     assert len(emulator.uploads()) == 1
 
 
+def start_patched(tmp_path: Path, start_daemon: StartDaemon, config: Path, patch: str) -> Daemon:
+    """`watchd run` with `patch` (Python source) run first, as `sitecustomize`: a fault at an
+    exact moment of the real daemon."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(patch)
+    return start_daemon(config, env={"PYTHONPATH": str(hook)})
+
+
 DIE_AFTER_RECORDING_A_MOVE = """
 import os
 from watchd.journal import Journal
@@ -256,12 +265,42 @@ def test_a_kill_right_after_a_move_is_recorded_leaves_no_sidecar_behind(
     (folder,), _state, config = _watched(tmp_path, emulator, "w")
     (folder / "a.png").write_bytes(png(10, 10))
     assert run_cli("sync", "-c", str(config)).returncode == 0
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(DIE_AFTER_RECORDING_A_MOVE)
-    daemon = start_daemon(config, env={"PYTHONPATH": str(hook)})
+    daemon = start_patched(tmp_path, start_daemon, config, DIE_AFTER_RECORDING_A_MOVE)
     os.rename(folder / "a.png", folder / "b.png")  # seen by inotify: recorded, then killed
     assert daemon.stop(signal.SIGCONT) == 137  # SIGCONT: a no-op, only the wait
     assert run_cli("sync", "-c", str(config)).returncode == 0
     assert sorted(p.name for p in folder.iterdir()) == ["b.png", "b.png.link.json"]
     assert len(emulator.uploads()) == 1
+
+
+SLOW_TO_RECORD_A_PUSH = """
+import time
+from watchd.journal import Journal
+
+record_sent = Journal.outbox_sent
+
+def wait_then_record(self, *args, **kwargs):
+    time.sleep(1.0)  # the sidecars already say `baidu`; the journal does not yet
+    record_sent(self, *args, **kwargs)
+
+Journal.outbox_sent = wait_then_record
+"""
+
+
+def test_a_rename_while_a_push_is_being_recorded_keeps_baidu_in_the_moved_sidecar(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    (folder,), _state, config = _watched(tmp_path, emulator, "w")
+    start_patched(tmp_path, start_daemon, config, SLOW_TO_RECORD_A_PUSH)
+    (folder / "a.png").write_bytes(png(10, 10))
+    wait_for(lambda: "baidu" in sidecar_text(folder / "a.png"), timeout=20)
+    os.rename(folder / "a.png", folder / "b.png")
+    wait_for(lambda: sorted(p.name for p in folder.iterdir()) == ["b.png", "b.png.link.json"], timeout=20)
+    assert "baidu" in sidecar_text(folder / "b.png")
+
+
+def sidecar_text(path: Path) -> str:
+    try:
+        return sidecar_of(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""

@@ -200,12 +200,13 @@ class BaiduBatcher:
             for row, result in zip(rows, results, strict=True)
             if result.error is None or isinstance(result.error, AlreadyDoneError)
         ]
-        if action == "push":  # sidecars first: a crash in between only resends the push
-            files = self.journal.get_by_ids([row.file_id for row in accepted])
-            for row in accepted:
-                if row.file_id in files:
-                    self._refresh_sidecar(files[row.file_id], when)
-        self.journal.outbox_sent(accepted, when)
+        with self.pipeline.sidecar_lock:  # no move or deletion between a refresh and its record
+            if action == "push":  # sidecars first: a crash in between only resends the push
+                files = self.journal.get_by_ids([row.file_id for row in accepted])
+                for row in accepted:
+                    if row.file_id in files:
+                        self._refresh_sidecar(files[row.file_id], when)
+            self.journal.outbox_sent(accepted, when)
         self.outcomes["submitted" if action == "push" else "withdrawn"] += len(accepted)
         for row, result in zip(rows, results, strict=True):
             error = result.error

@@ -116,6 +116,10 @@ class Pipeline:
         # the answer (`_send`); the workers outnumber the slots so that reading a file,
         # recording its upload and writing its sidecar overlap other uploads.
         self.upload_slots = threading.BoundedSemaphore(settings.concurrency)
+        # Held by whoever rewrites a published file's sidecar from its row (a Baidu refresh
+        # until its record, a restored sidecar) or changes the row's path (a move, a
+        # deletion): so none of them writes from a row another is about to change.
+        self.sidecar_lock = threading.Lock()
         self.quotas = {
             name: QuotaGate(journal, f"imageban:{name}", host.quota, host.quota_reset_tz, clock)
             for name, host in settings.hosts.items()
@@ -435,14 +439,15 @@ class Pipeline:
 
     def restore_sidecar(self, path: str) -> None:
         """A published file's sidecar went missing (deleted, or lost in a power cut): rewrite it."""
-        row = self.journal.get(path)
-        if row is None or row.state != j.DONE:
-            return
-        try:
-            self.write_sidecar(row)
-        except (OSError, RuleFileError, ValueError) as exc:
-            log.error("the sidecar of %s is missing and cannot be rewritten: %s", path, exc)
-            return
+        with self.sidecar_lock:
+            row = self.journal.get(path)
+            if row is None or row.state != j.DONE:
+                return
+            try:
+                self.write_sidecar(row)
+            except (OSError, RuleFileError, ValueError) as exc:
+                log.error("the sidecar of %s is missing and cannot be rewritten: %s", path, exc)
+                return
         log.info("rewrote the missing sidecar of %s", path)
 
     def _context(self, row: FileRow) -> dict[str, str]:
@@ -486,6 +491,11 @@ class Pipeline:
         unknown, which reconciliation pairs as the same move again. Once recorded, nothing
         would remember the old sidecar, so it must be gone by then.
         """
+        with self.sidecar_lock:
+            row = self.journal.get_by_id(row.id) or row  # with a Baidu refresh recorded just now
+            self._move(row, dest)
+
+    def _move(self, row: FileRow, dest: str) -> None:
         folder = self.folder_for(dest)
         assert folder is not None
         root = str(folder.path)
@@ -514,9 +524,10 @@ class Pipeline:
             withdraw = self.settings.baidu is not None and rules.baidu and rules.delete
         except RuleFileError:
             withdraw = self.settings.baidu is not None
-        if row.sidecar_path:
-            self._remove_old_sidecar(row.sidecar_path)
-        self.journal.tombstone(row.id, withdraw)
+        with self.sidecar_lock:
+            if row.sidecar_path:
+                self._remove_old_sidecar(row.sidecar_path)
+            self.journal.tombstone(row.id, withdraw)
         log.info("deleted: %s%s", row.last_path, " (withdrawal from Baidu queued)" if withdraw else "")
         return withdraw
 
