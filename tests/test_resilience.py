@@ -242,13 +242,14 @@ def test_a_queue_overflow_triggers_a_rescan(tmp_path: Path, emulator: Emulator) 
     engine = Engine(load_settings(config))
     thread = threading.Thread(target=engine.run, daemon=True)
     thread.start()
-    wait_for(lambda: engine.watcher is not None and engine.watcher.inotified)
-    assert engine.watcher is not None
-    engine.watcher.stop()  # from now on no event reaches the engine, as after a lost queue
+    upkeep = engine.upkeep
+    wait_for(lambda: upkeep.watcher is not None and upkeep.watcher.inotified)
+    assert upkeep.watcher is not None
+    upkeep.watcher.stop()  # from now on no event reaches the engine, as after a lost queue
     (folder / "missed.png").write_bytes(png(5, 5))
     time.sleep(0.3)
     assert not sidecar_of(folder / "missed.png").exists()
-    engine._restart_watcher()  # a fresh watcher: it never saw the file being written
+    upkeep.restart()  # a fresh watcher: it never saw the file being written
     time.sleep(0.3)
     assert not sidecar_of(folder / "missed.png").exists()
     logging.getLogger("watchdog.observers.inotify_c").warning(

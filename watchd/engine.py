@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import queue
-import random
 import signal
 import sqlite3
 import threading
@@ -45,23 +44,21 @@ from watchd.rules import RULE_FILE_NAME
 from watchd.scan import printable, reconcile, recordable
 from watchd.settling import Settler
 from watchd.systemd import Notifier, WatchdogPinger
+from watchd.upkeep import FolderUpkeep
 from watchd.watcher import (
     Arrived,
     Changed,
     DirGone,
     Fact,
     Finished,
-    FolderWatcher,
     Gone,
     Moved,
     Rescan,
-    WatchSpec,
 )
 from watchd.workers import Done, UploadWorkers
 
 log = logging.getLogger(__name__)
 
-ROOT_CHECK_INTERVAL = 5.0
 JOURNAL_RETRY_SECONDS = 5.0
 STATUS_INTERVAL = 1.0
 TAKE_IN_CHUNK = 32
@@ -146,11 +143,8 @@ class Engine:
         self._after_work: dict[int, list[Fact]] = {}
         self._held_paths: dict[str, int] = {}
         self._unrecordable: set[str] = set()  # paths already warned about
-        self._watched_roots: set[str] = set()
-        self._next_root_check = 0.0
-        self._next_rescan = clock() + _jittered(settings.rescan_interval)
+        self.upkeep = FolderUpkeep(settings, self._available, self._facts.put, clock)
         self._batcher_thread: threading.Thread | None = None
-        self.watcher: FolderWatcher | None = None
         self.batcher: BaiduBatcher | None = None
         self._build(settings)
 
@@ -169,6 +163,7 @@ class Engine:
             for name, host in settings.hosts.items()
         }
         self.settings = settings
+        self.upkeep.settings = settings
         self._settler.settle = settings.settle
         limits = settings.delete_guard
         if self._guard is None:
@@ -201,14 +196,11 @@ class Engine:
                 clock=self.clock,
             )
 
-    def _watch_specs(self) -> list[WatchSpec]:
-        return [WatchSpec(f.path, f.recursive, f.poll, f.poll_interval) for f in self.settings.folders]
-
     def _start_threads(self, *, watch: bool) -> None:
         self.workers.start()
         self._start_batcher()
         if watch:
-            self._restart_watcher()
+            self.upkeep.restart()
 
     def _start_batcher(self) -> None:
         if self.batcher is not None:
@@ -260,8 +252,7 @@ class Engine:
         self._release_configuration_pauses()
         self.journal.rejudge_held_deletes()
         self._start_threads(watch=watch)
-        for folder in self.settings.folders:
-            self._facts.put(Rescan(str(folder.path)))
+        self.upkeep.rescan_all()
 
     def _start_metrics(self) -> None:
         if self.settings.metrics is None:
@@ -347,9 +338,7 @@ class Engine:
         now = self.clock()
         for path in self._settler.settled(now):
             self._intake(path, settled=True)
-        if self.watcher is not None:
-            self._check_roots(now)
-            self._periodic_rescan(now)
+        self.upkeep.tick(now)
         self._retire_departed(now, force=until_idle)
         self._dispatch(now)
         return until_idle and self._idle(now)
@@ -373,16 +362,11 @@ class Engine:
             self.journal.recover(exclude=self.workers.in_flight, outbox=False)
         except sqlite3.Error:
             return
-        for folder in self.settings.folders:
-            self._facts.put(Rescan(str(folder.path)))
+        self.upkeep.rescan_all()
 
     def _timeout(self) -> float:
         now = self.clock()
-        deadlines = self._settler.deadlines()
-        if self.watcher is not None:
-            deadlines.append(self._next_root_check)
-            if self.settings.rescan_interval:  # 0 = off: a deadline in the past would spin the loop
-                deadlines.append(self._next_rescan)
+        deadlines = self._settler.deadlines() + self.upkeep.deadlines()
         if self.workers.free() > 0 and (due := self.journal.next_due_time()) is not None:
             deadlines.append(due)
         if self._departing(now):
@@ -541,36 +525,6 @@ class Engine:
         for row in self.departures.due(now, force=force, in_flight=self.workers.in_flight):
             self._retire(row)
 
-    def _check_roots(self, now: float) -> None:
-        """Every few seconds: a folder that vanished or came back gets its watches renewed."""
-        if now < self._next_root_check:
-            return
-        self._next_root_check = now + ROOT_CHECK_INTERVAL
-        available = {str(f.path) for f in self.settings.folders if self._available(str(f.path))}
-        remounted = self._available.remounted()
-        if available == self._watched_roots and not remounted:
-            return
-        back = (available - self._watched_roots) | remounted
-        self._restart_watcher()
-        for root in sorted(back):
-            log.info("watched folder %s is available again; reconciling it", root)
-            self._facts.put(Rescan(root))
-
-    def _periodic_rescan(self, now: float) -> None:
-        """The safety net under events: every folder is reconciled about once per interval."""
-        if not self.settings.rescan_interval or now < self._next_rescan:
-            return
-        self._next_rescan = now + _jittered(self.settings.rescan_interval)
-        for folder in self.settings.folders:
-            self._facts.put(Rescan(str(folder.path)))
-
-    def _restart_watcher(self) -> None:
-        if self.watcher is not None:
-            self.watcher.stop()
-        self._watched_roots = {str(f.path) for f in self.settings.folders if self._available(str(f.path))}
-        self.watcher = FolderWatcher(self._watch_specs(), self._facts.put)
-        self.watcher.start()
-
     def _rescan(self, path: str) -> None:
         folder = self.pipeline.folder_for(os.path.join(path, "x"))
         if folder is None:
@@ -685,16 +639,14 @@ class Engine:
         self.journal.rejudge_held_deletes()
         self._build(settings)
         self._start_batcher()
-        self._restart_watcher()
-        for folder in settings.folders:
-            self._facts.put(Rescan(str(folder.path)))
+        self.upkeep.restart()
+        self.upkeep.rescan_all()
         log.info("configuration reloaded from %s", path)
         self.notifier.ready(self._status_line())
 
     def _shutdown(self) -> int:
         self.notifier.stopping()
-        if self.watcher is not None:
-            self.watcher.stop()
+        self.upkeep.stop()
         deadline = self.clock() + self.stop_timeout
         while self.workers.in_flight and self.clock() < deadline:
             try:
@@ -725,11 +677,6 @@ class Engine:
         today = sum(gate.used_today() for gate in self.pipeline.quotas.values())
         line = f"{queued} queued, {today} uploaded today, {counts[j.FAILED]} failed"
         return f"{line}; last error: {self.last_error}" if self.last_error else line
-
-
-def _jittered(interval: float) -> float:
-    """`interval` ±25 %, so many daemons (or folders) do not rescan in step."""
-    return interval * random.uniform(0.75, 1.25)
 
 
 def _longest_timeout(settings: Settings) -> float:
