@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import Daemon, StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import gif, png
+from watchd.config import load_settings
 from watchd.emulator import Emulator
+from watchd.engine import Engine
 
 
 def _watched(tmp_path: Path, emulator: Emulator, *names: str) -> tuple[list[Path], Path, Path]:
@@ -304,3 +308,41 @@ def sidecar_text(path: Path) -> str:
         return sidecar_of(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return ""
+
+
+def test_a_move_found_by_a_rescan_while_a_push_is_being_recorded_does_not_deadlock(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    (folder,), _state, config = _watched(tmp_path, emulator, "w")
+    engine = Engine(load_settings(config))
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    try:
+        (folder / "a.png").write_bytes(png(10, 10))
+        wait_for(lambda: "baidu" in sidecar_text(folder / "a.png"), timeout=20)
+        watcher = engine.upkeep.watcher
+        assert watcher is not None
+        watcher.stop()  # from here on only rescans see the folder
+        record_sent = engine.journal.outbox_sent
+
+        def wait_then_record(*args: Any, **kwargs: Any) -> None:
+            time.sleep(1.0)  # holding the sidecars of this push, not yet the journal
+            record_sent(*args, **kwargs)
+
+        engine.journal.outbox_sent = wait_then_record  # type: ignore[method-assign]
+        (folder / "c.png").write_bytes(png(11, 11))
+        engine.upkeep.rescan_all()
+        wait_for(lambda: "baidu" in sidecar_text(folder / "c.png"), timeout=20)
+        os.rename(folder / "a.png", folder / "e.png")  # unseen: the rescan pairs it as a move
+        engine.upkeep.rescan_all()
+        wait_for(lambda: sidecar_of(folder / "e.png").exists(), timeout=10)
+    finally:
+        engine.stop()
+        thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "c.png",
+        "c.png.link.json",
+        "e.png",
+        "e.png.link.json",
+    ]

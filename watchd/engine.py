@@ -447,8 +447,8 @@ class Engine:
                     self.departures.gone(self.journal.under(path))
             case Rescan(path):
                 self._rescan(path)
-            case _TakeIn(paths):
-                with self.journal.batch():
+            case _TakeIn(paths):  # the sidecar lock first, as the batcher takes them (a move)
+                with self.pipeline.sidecar_lock, self.journal.batch():
                     for file_path in paths:
                         self._intake(file_path, settled=False)
                 self._dispatch(self.clock())

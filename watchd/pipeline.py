@@ -118,8 +118,10 @@ class Pipeline:
         self.upload_slots = threading.BoundedSemaphore(settings.concurrency)
         # Held by whoever rewrites a published file's sidecar from its row (a Baidu refresh
         # until its record, a restored sidecar) or changes the row's path (a move, a
-        # deletion): so none of them writes from a row another is about to change.
-        self.sidecar_lock = threading.Lock()
+        # deletion): so none of them writes from a row another is about to change. It is
+        # taken before the journal's lock: a `Journal.batch` goes inside it, never around it
+        # (the engine's take-in), and it is reentrant because a move happens in such a batch.
+        self.sidecar_lock = threading.RLock()
         self.quotas = {
             name: QuotaGate(journal, f"imageban:{name}", host.quota, host.quota_reset_tz, clock)
             for name, host in settings.hosts.items()
