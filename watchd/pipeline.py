@@ -290,7 +290,8 @@ class Pipeline:
 
     def _send(self, row: FileRow, rules: EffectiveRules, loaded: LoadedImage) -> UploadResult | str:
         """Claim and send a loaded file, holding an upload slot from the pause check to the
-        answer: a pause that began while this file waited for a slot stops it here."""
+        answer: a pause that began while this file waited for a slot stops it here. With
+        today's quota taken by uploads still in flight, it waits for their outcome."""
         service = f"imageban:{rules.host}"
         quota = self.quotas[rules.host]
         while True:
@@ -308,6 +309,7 @@ class Pipeline:
     def _claim_and_send(
         self, row: FileRow, rules: EffectiveRules, loaded: LoadedImage, reservation: tuple[str, str]
     ) -> UploadResult | str:
+        """Record the intent with its quota reservation, then upload (quick retries included)."""
         assert row.path is not None
         path = Path(row.path)
         self.journal.claim_upload(row.id, loaded.sha256, reservation)
