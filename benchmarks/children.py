@@ -91,11 +91,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 class Daemon:
-    """`watchd run` as a child process, started and ready once its first reconciliation is logged."""
+    """`watchd run` (or `argv` that runs it) as a child process, started and ready once its
+    first reconciliation is logged."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, argv: Sequence[str] | None = None) -> None:
         self.config = config
         self.log = log
+        self.argv = list(argv) if argv is not None else watchd_argv("run", config)
         self.started = 0.0
         self.ready_after = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -108,9 +110,7 @@ class Daemon:
     def __enter__(self) -> Daemon:
         with open(self.log, "ab") as out:
             self.started = time.perf_counter()
-            self._proc = subprocess.Popen(
-                watchd_argv("run", self.config), stdout=out, stderr=out, stdin=subprocess.DEVNULL
-            )
+            self._proc = subprocess.Popen(self.argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
         wait_for(self._ready, 120, f"`watchd run` to reconcile ({self.log})")
         self.ready_after = time.perf_counter() - self.started
         return self

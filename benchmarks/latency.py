@@ -90,7 +90,13 @@ def _script(emulator: Emulator, base: Path, count: int) -> list[float]:
 
 def _drop(folder: Path, count: int, log: Path) -> list[float]:
     """Drop `count` images into `folder` one at a time; the latency of each, in ms."""
-    millis = []
+    return [(landed - closed) * 1000 for _name, closed, landed in drop_one_at_a_time(folder, count, log)]
+
+
+def drop_one_at_a_time(folder: Path, count: int, log: Path) -> list[tuple[str, float, float]]:
+    """Drop `count` images into `folder`, each once the previous sidecar landed and `GAP`
+    passed; (name, closed, sidecar landed) of each, in `time.perf_counter()` seconds."""
+    drops = []
     with SidecarProbe(folder) as probe:
         for n in range(count):
             name = f"drop{n:04d}.png"
@@ -101,6 +107,6 @@ def _drop(folder: Path, count: int, log: Path) -> list[float]:
                 landed = probe.wait(name + SIDECAR_SUFFIX, SIDECAR_TIMEOUT)
             except TimeoutError as exc:
                 raise BenchmarkError(f"{exc}; log: {tail(log)}") from exc
-            millis.append((landed - closed) * 1000)
+            drops.append((name, closed, landed))
             time.sleep(GAP)
-    return millis
+    return drops

@@ -138,3 +138,17 @@ def test_the_cpu_by_step_profile_still_finds_every_step(tmp_path: Path) -> None:
     threads = ("upload worker", "loop thread", "Baidu batcher thread")
     on_threads = sum(seconds for label, (seconds, _calls) in steps.items() if label.startswith(threads))
     assert 0 < on_threads <= result["process_cpu_seconds"] * 1.05
+
+
+def test_the_latency_timeline_marks_every_file_at_every_moment_in_order(tmp_path: Path) -> None:
+    """`python -m benchmarks.timeline` marks watchd's functions by name, like the steps above;
+    it fails itself when a file misses a mark. The moments must come in the pipeline's order."""
+    out = tmp_path / "timeline.json"
+    argv = [sys.executable, "-m", "benchmarks.timeline", "--files", "12", "--json", str(out)]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    moments = json.loads(out.read_text())["moments_ms"]
+    assert len(moments) == 8 and "ms after the file was closed" in proc.stdout
+    medians = [figures["p50"] for figures in moments.values()]
+    assert medians[0] > 0 and medians[:-1] == sorted(medians[:-1])  # the last is seen from outside
+    assert all(figures["p50"] <= figures["p95"] for figures in moments.values())
