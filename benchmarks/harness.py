@@ -5,13 +5,15 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,3 +189,37 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "memory_mb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20,
     }
+
+
+def profile_main(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str | None,
+    count: tuple[str, int],
+    measure: Callable[[int], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    child: Callable[[Path, Path], int],
+) -> int:
+    """The command line of a profile (`benchmarks.steps`, `benchmarks.timeline`): measure
+    `--COUNT` files with watchd in a child process (this same module, run with the hidden
+    `--child CONFIG OUT`), print the table, and write the JSON to `--json FILE` if asked."""
+    flag, default = count
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(f"--{flag}", type=int, default=default)
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(Path(args.child[0]), Path(args.child[1]))
+    try:
+        result = measure(getattr(args, flag))
+    except BenchmarkError as exc:
+        print(f"{prog.removeprefix('python -m ')}: {exc}", file=sys.stderr)
+        return 1
+    print(render(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0

@@ -15,7 +15,6 @@ Python holds the GIL, and `perf` cannot name Python functions in Python 3.11.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib
 import json
@@ -31,7 +30,7 @@ from typing import Any
 
 from benchmarks.children import run_child
 from benchmarks.fixtures import count_sidecars, new_emulator, write_config, write_images
-from benchmarks.harness import BenchmarkError
+from benchmarks.harness import BenchmarkError, profile_main
 
 # (module, attribute path, what it is), in the order of the printed table. The first three
 # top-level rows are whole threads' work; the last three gather a step from every thread.
@@ -57,22 +56,15 @@ STEPS: tuple[tuple[str, str, str], ...] = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.steps", description=__doc__)
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--json", type=Path, help="write the figures here too")
-    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        return _child(Path(args.child[0]), Path(args.child[1]))
-    try:
-        result = measure(args.images)
-    except BenchmarkError as exc:
-        print(f"benchmarks.steps: {exc}", file=sys.stderr)
-        return 1
-    print(render(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return 0
+    return profile_main(
+        argv,
+        prog="python -m benchmarks.steps",
+        description=__doc__,
+        count=("images", 2000),
+        measure=measure,
+        render=render,
+        child=_child,
+    )
 
 
 def measure(images: int) -> dict[str, Any]:

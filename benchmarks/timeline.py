@@ -12,7 +12,6 @@ from the benchmark's own "file closed". Wrapping adds a few microseconds a mark.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib
 import json
@@ -26,7 +25,7 @@ from typing import Any
 
 from benchmarks.children import Daemon
 from benchmarks.fixtures import SIDECAR_SUFFIX, fresh_dir, new_emulator, write_config
-from benchmarks.harness import BenchmarkError, percentile
+from benchmarks.harness import BenchmarkError, percentile, profile_main
 from benchmarks.latency import drop_one_at_a_time
 
 Key = Callable[[tuple[Any, ...]], str | None]
@@ -63,22 +62,15 @@ MARKS: tuple[tuple[str, str, str, str, Key], ...] = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.timeline", description=__doc__)
-    parser.add_argument("--files", type=int, default=200)
-    parser.add_argument("--json", type=Path, help="write the figures here too")
-    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        return _child(Path(args.child[0]), Path(args.child[1]))
-    try:
-        result = measure(args.files)
-    except BenchmarkError as exc:
-        print(f"benchmarks.timeline: {exc}", file=sys.stderr)
-        return 1
-    print(render(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return 0
+    return profile_main(
+        argv,
+        prog="python -m benchmarks.timeline",
+        description=__doc__,
+        count=("files", 200),
+        measure=measure,
+        render=render,
+        child=_child,
+    )
 
 
 def measure(files: int) -> dict[str, Any]:
