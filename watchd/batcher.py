@@ -174,7 +174,7 @@ class BaiduBatcher:
             call = lambda: self.indexer.withdraw(keys)  # noqa: E731
         self.calls += 1
         try:
-            results = self.pipeline.call_with_retry(call, f"Baidu {action} of {len(rows)}")
+            results = self.pipeline.retry.call(call, f"Baidu {action} of {len(rows)}")
         except QuotaError as exc:
             self._pause_for_quota(ids, str(exc))
             return
@@ -188,7 +188,7 @@ class BaiduBatcher:
             if quota is not None and isinstance(exc, TransientError) and not exc.reached:
                 self.quota.give_back(quota, len(ids))  # counted in `mark_sending`, never sent
             attempts = max(row.attempts for row in rows) + 1
-            self.journal.outbox_retry(ids, str(exc), self.pipeline.retry_at(attempts, exc))
+            self.journal.outbox_retry(ids, str(exc), self.pipeline.retry.next_attempt_at(attempts, exc))
             log.warning("Baidu %s of %d items deferred: %s", action, len(rows), exc)
             return
         self._record(action, rows, results)
@@ -217,7 +217,7 @@ class BaiduBatcher:
                 self.outcomes["failed"] += 1
                 log.warning("Baidu %s of %s failed: %s", action, row.baidu_id, error.message)
             else:
-                retry_at = self.pipeline.retry_at(row.attempts + 1, error)
+                retry_at = self.pipeline.retry.next_attempt_at(row.attempts + 1, error)
                 self.journal.outbox_retry([row.id], str(error), retry_at)
         log.info("Baidu %s: %d of %d items accepted", action, len(accepted), len(rows))
 

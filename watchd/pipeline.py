@@ -19,7 +19,6 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 from watchd import journal as j
 from watchd.config import FolderSettings, Settings
@@ -43,7 +42,7 @@ from watchd.indexers.baidu import encode_url, make_title, validate_push_item
 from watchd.indexers.base import PushItem
 from watchd.journal import FileRow, Journal, UploadResult
 from watchd.quota import QuotaGate
-from watchd.retry import backoff_delay, call_with_retry
+from watchd.retry import RetryPolicy
 from watchd.rules import RULE_FILE_NAME, EffectiveRules, RuleFileError, RuleResolver
 from watchd.sidecar import (
     TEMP_MARKER,
@@ -56,7 +55,6 @@ from watchd.sidecar import (
 from watchd.templates import file_context, render
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", "~", ".swp", ".!sync")
 CONFIG_PAUSE_RECHECK = 3600.0
@@ -110,8 +108,8 @@ class Pipeline:
         self.journal = journal
         self.hosts = hosts
         self.clock = clock
-        self.sleep = sleep
         self.resolver = RuleResolver(settings)
+        self.retry = RetryPolicy(settings.retry, clock, sleep)
         # `concurrency` is the number of uploads in flight, each slot held from the claim to
         # the answer (`_send`); the workers outnumber the slots so that reading a file,
         # recording its upload and writing its sidecar overlap other uploads.
@@ -316,7 +314,7 @@ class Pipeline:
         request = UploadRequest(path, path.name, rules.album, loaded.info, loaded.content)
         host = self.hosts[rules.host]
         try:
-            uploaded = self.call_with_retry(lambda: host.upload(request), f"upload of {path}")
+            uploaded = self.retry.call(lambda: host.upload(request), f"upload of {path}")
         except ServiceError as exc:
             if isinstance(exc, TransientError) and not exc.reached:
                 self.quotas[rules.host].give_back(reservation)
@@ -352,7 +350,7 @@ class Pipeline:
             self.journal.pause(service, "configuration", None, reason)
             log.error("%s paused: %s", service, reason)
             return self._defer(row, j.PENDING, "configuration", reason, self.clock() + CONFIG_PAUSE_RECHECK)
-        retry_at = self.retry_at(row.attempts + 1, exc)
+        retry_at = self.retry.next_attempt_at(row.attempts + 1, exc)
         log.warning(
             "upload of %s deferred until %s: %s; it stays queued (if this persists, check the "
             "network and api_url)",
@@ -389,7 +387,7 @@ class Pipeline:
             log.error("%s", reason)
             if upload is not None:
                 self.journal.record_uploaded(row.id, upload)
-            retry_at = self.retry_at(row.attempts + 1)
+            retry_at = self.retry.next_attempt_at(row.attempts + 1)
             self.journal.record_retry(row.id, j.UPLOADED, "disk", reason, retry_at)
             return "retry"
         except ValueError as exc:  # the sidecar name template cannot name this file's sidecar
@@ -545,38 +543,9 @@ class Pipeline:
 
     # -- retries and services ----------------------------------------------------------
 
-    def call_with_retry(self, call: Callable[[], T], describe: str) -> T:
-        """`call()` with the configured quick retries of transient errors (see watchd.retry)."""
-        policy = self.settings.retry
-        return call_with_retry(
-            call,
-            attempts=policy.attempts,
-            initial=policy.initial,
-            maximum=policy.maximum,
-            sleep=self.sleep,
-            describe=describe,
-        )
-
-    def retry_at(self, attempt: int, error: BaseException | None = None) -> float:
-        """When queued work that failed `attempt` rounds in a row is tried again: the jittered
-        backoff, and never sooner than a server's Retry-After."""
-        policy = self.settings.retry
-        delay = backoff_delay(attempt, initial=policy.requeue_initial, maximum=policy.requeue_maximum)
-        if isinstance(error, TransientError) and error.retry_after:
-            delay = max(delay, error.retry_after)
-        return self.clock() + delay
-
     def paused_until(self, service: str) -> float | None:
         """When a paused service resumes (inf for a configuration pause), or None if it is not paused."""
-        for pause in self.journal.pauses():
-            if pause.name != service:
-                continue
-            if pause.until is None:
-                return float("inf")
-            if pause.until > self.clock():
-                return pause.until
-            self.journal.resume(service)
-        return None
+        return self.journal.paused_until(service, self.clock())
 
     def _pause_end(self, service: str) -> float:
         until = self.paused_until(service) or 0.0

@@ -1,8 +1,9 @@
 """Retrying transient failures: short retries inside one call, and the delay before the next one.
 
-Clients never retry by themselves; the pipeline wraps each single call in `call_with_retry`
-(a few quick attempts with tenacity), and when those are exhausted it stores a next-attempt
-time from `backoff_delay` in the journal, so long waits never hold a worker.
+Clients never retry by themselves; the pipeline and the batcher wrap each single call in
+`RetryPolicy.call` (a few quick attempts with tenacity), and when those are exhausted they
+store a next-attempt time from `RetryPolicy.next_attempt_at` in the journal, so long waits
+never hold a worker.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
+
+    from watchd.config import RetrySettings
 
 from watchd.errors import TransientError
 
@@ -140,3 +143,35 @@ def _retry_after(state: RetryCallState) -> float:
     if isinstance(error, TransientError) and error.retry_after is not None:
         return error.retry_after
     return 0.0
+
+
+class RetryPolicy:
+    """The configured retries (`retry:`), shared by the upload workers and the Baidu batcher."""
+
+    def __init__(
+        self, settings: RetrySettings, clock: Callable[[], float], sleep: Callable[[float], None]
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.sleep = sleep
+
+    def call(self, fn: Callable[[], T], describe: str) -> T:
+        """`fn()` with the quick retries of transient errors (`call_with_retry`)."""
+        policy = self.settings
+        return call_with_retry(
+            fn,
+            attempts=policy.attempts,
+            initial=policy.initial,
+            maximum=policy.maximum,
+            sleep=self.sleep,
+            describe=describe,
+        )
+
+    def next_attempt_at(self, attempt: int, error: BaseException | None = None) -> float:
+        """When queued work that failed `attempt` rounds in a row is tried again: the jittered
+        backoff, and never sooner than a server's Retry-After."""
+        policy = self.settings
+        delay = backoff_delay(attempt, initial=policy.requeue_initial, maximum=policy.requeue_maximum)
+        if isinstance(error, TransientError) and error.retry_after:
+            delay = max(delay, error.retry_after)
+        return self.clock() + delay

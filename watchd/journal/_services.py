@@ -57,6 +57,19 @@ class Services(Store):
                 pauses = self._pauses
         return list(pauses)
 
+    def paused_until(self, service: str, now: float) -> float | None:
+        """When a paused service resumes (inf for a configuration pause), or None if it is not
+        paused at `now`; a pause that has run out is lifted here."""
+        for pause in self.pauses():
+            if pause.name != service:
+                continue
+            if pause.until is None:
+                return float("inf")
+            if pause.until > now:
+                return pause.until
+            self.resume(service)
+        return None
+
     def quota_used(self, service: str, day: str) -> int:
         with self._lock:
             row = self._db.execute(
