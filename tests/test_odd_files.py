@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
-from tests.imagegen import png
+from tests.imagegen import gif, png
 from watchd import pipeline as pipeline_module
 from watchd.config import load_settings
 from watchd.emulator import Emulator
@@ -105,6 +105,26 @@ def test_a_sidecar_name_that_cannot_be_made_fails_the_file_not_the_daemon(
     time.sleep(1.0)
     assert daemon.alive()
     assert daemon.stop() == 0
+
+
+def test_two_images_never_share_a_sidecar_and_a_deletion_keeps_the_others(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.txt", "format": "txt"})
+    (folder / "cat.png").write_bytes(png(10, 10))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    link = (folder / "cat.txt").read_text(encoding="utf-8")
+    (folder / "cat.gif").write_bytes(gif(11, 11))  # {stem}.txt names cat.txt again
+    assert run_cli("sync", "-c", str(config)).returncode == 1
+    assert (folder / "cat.txt").read_text(encoding="utf-8") == link  # cat.png's link, untouched
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    (failure,) = status["recent_failures"]
+    assert (
+        failure["path"] == str(folder / "cat.gif") and "already the sidecar of cat.png" in failure["reason"]
+    )
+    (folder / "cat.gif").unlink()
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert (folder / "cat.txt").read_text(encoding="utf-8") == link  # not removed with cat.gif
 
 
 def test_relpath_and_links_are_refused_in_sidecar_names_at_config_time(

@@ -423,6 +423,13 @@ class Pipeline:
                 f"sidecar name template {rules.sidecar_name!r} names an image ({target.name}), "
                 "and originals are never overwritten"
             )
+        if str(target) != row.sidecar_path and os.path.lexists(target):  # e.g. "{stem}.txt"
+            owner = self.journal.sidecar_owner(str(target), row.id)
+            if owner is not None:
+                raise ValueError(
+                    f"{target.name} is already the sidecar of {os.path.basename(owner)} (sidecar name "
+                    f"template {rules.sidecar_name!r}; {{name}} keeps the two apart)"
+                )
         record = SidecarRecord(
             original=path,
             link=uploaded.link,

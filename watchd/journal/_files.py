@@ -33,6 +33,16 @@ class Files(Store):
     def get_by_id(self, file_id: int) -> FileRow | None:
         return self._one("SELECT * FROM files WHERE id = ?", (file_id,))
 
+    def sidecar_owner(self, sidecar: str, other_than: int) -> str | None:
+        """The path of the file, other than `other_than`, whose sidecar is `sidecar` (no index:
+        asked only when a new sidecar's name is already taken on disk)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT path FROM files WHERE sidecar_path = ? AND id != ? AND path IS NOT NULL LIMIT 1",
+                (sidecar, other_than),
+            ).fetchone()
+        return str(row[0]) if row else None
+
     def get_by_ids(self, file_ids: Collection[int]) -> dict[int, FileRow]:
         """The rows of these files (those that still exist), by id: one query for a batch."""
         marks = ", ".join("?" * len(file_ids))
