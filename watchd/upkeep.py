@@ -15,7 +15,7 @@ from watchd.config import Settings
 from watchd.departures import FolderAvailability
 from watchd.watcher import Fact, FolderWatcher, Rescan, WatchSpec
 
-log = logging.getLogger("watchd.engine")
+log = logging.getLogger("watchd.engine")  # the name these lines always had, for log filters
 
 ROOT_CHECK_INTERVAL = 5.0
 
@@ -36,7 +36,6 @@ class FolderUpkeep:
         self.settings = settings
         self._available = available
         self._tell = tell
-        self._clock = clock
         self.watcher: FolderWatcher | None = None
         self._watched_roots: set[str] = set()
         self._next_root_check = 0.0
