@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,37 @@ def test_quota_reservations_are_counted_with_the_claim(journal: Journal) -> None
     assert QuotaGate(journal, "imageban:me", 2, "Europe/Moscow", lambda: now).reserve() is None
     # The next day starts from zero.
     assert QuotaGate(journal, "imageban:me", 2, "Europe/Moscow", lambda: now + 86_400).reserve() is not None
+
+
+def test_with_the_quota_held_by_sends_in_flight_the_day_is_over_only_once_they_spent_it(
+    journal: Journal,
+) -> None:
+    gate = QuotaGate(journal, "imageban:me", 1, "Europe/Moscow", lambda: 1_800_000_000.0)
+
+    def send(sending: threading.Event, go: threading.Event, reached: bool) -> None:
+        with gate.hold() as reservation:
+            assert reservation is not None
+            sending.set()
+            go.wait(5)
+            if not reached:
+                gate.give_back(reservation)
+
+    outcomes: list[bool] = []
+    for reached in (False, True):  # an attempt that never got through, then one that did
+        sending, go = threading.Event(), threading.Event()
+        sender = threading.Thread(target=send, args=(sending, go, reached))
+        sender.start()
+        sending.wait(5)
+        with gate.hold() as second:
+            assert second is None  # the unit is out
+        waiter = threading.Thread(target=lambda: outcomes.append(gate.wait_for_room()))
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive()  # waits for the send in flight instead of deciding now
+        go.set()
+        sender.join(5)
+        waiter.join(5)
+    assert outcomes == [True, False]  # room once the unit came back; none once it was spent
 
 
 def test_a_batch_commits_once_at_its_end(tmp_path: Path) -> None:
