@@ -124,6 +124,7 @@ def test_the_configured_daily_quota_is_never_exceeded(tmp_path: Path, emulator: 
     result = run_cli("sync", "-c", str(config))
     assert result.returncode == 1  # deferred work is reported
     assert len([r for r in emulator.requests() if r.path == "/v1"]) == 3
+    assert result.stderr.count("daily quota of 3 uploads used up") == 1  # said once, not per file
     assert run_cli("sync", "-c", str(config)).returncode == 1
     assert len([r for r in emulator.requests() if r.path == "/v1"]) == 3
 

@@ -120,6 +120,7 @@ class Pipeline:
         # taken before the journal's lock: a `Journal.batch` goes inside it, never around it
         # (the engine's take-in), and it is reentrant because a move happens in such a batch.
         self.sidecar_lock = threading.RLock()
+        self._pausing = threading.Lock()  # see `_pause_for_quota`
         self.quotas = {
             name: QuotaGate(journal, f"imageban:{name}", host.quota, host.quota_reset_tz, clock)
             for name, host in settings.hosts.items()
@@ -301,7 +302,8 @@ class Pipeline:
             if not quota.wait_for_room():
                 break
         reason = f"daily quota of {quota.limit} uploads used up; resumes at {_clock_time(quota.reset_at())}"
-        self.journal.pause(service, "quota", quota.reset_at(), reason)
+        if self._pause_for_quota(service, reason, quota.reset_at()):
+            log.warning("%s: %s (daily_quota in the config); uploads stay queued", service, reason)
         return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
 
     def _claim_and_send(
@@ -340,10 +342,10 @@ class Pipeline:
         if isinstance(exc, QuotaError):
             quota = self.quotas[service.split(":", 1)[1]]
             reason = f"{exc}; resumes at {_clock_time(quota.reset_at())}"
-            self.journal.pause(service, "quota", quota.reset_at(), reason)
-            log.error(
-                "%s: daily quota reached; uploads wait until %s", service, _clock_time(quota.reset_at())
-            )
+            if self._pause_for_quota(service, reason, quota.reset_at()):
+                log.error(
+                    "%s: daily quota reached; uploads wait until %s", service, _clock_time(quota.reset_at())
+                )
             return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
         if isinstance(exc, ConfigurationError):
             reason = f"{exc}: fix the credentials in the config, then reload (systemctl reload watchd)"
@@ -360,6 +362,15 @@ class Pipeline:
             extra={"path": row.path},
         )
         return self._defer(row, j.PENDING, "transient", str(exc), retry_at, outcome="retry")
+
+    def _pause_for_quota(self, service: str, reason: str, until: float) -> bool:
+        """Pause `service` until its quota resets; False when another upload just did (each of
+        those in flight meets the same end of the day, and one log line says it)."""
+        with self._pausing:
+            if self.paused_until(service) is not None:
+                return False
+            self.journal.pause(service, "quota", until, reason)
+            return True
 
     def _defer_while_paused(self, row: FileRow, service: str) -> str:
         return self._defer(row, j.PENDING, "paused", f"{service} is paused", self._pause_end(service))
