@@ -98,6 +98,7 @@ def test_status_json_retry_and_forget(tmp_path: Path, emulator: Emulator) -> Non
     assert status["files"]["done"] == 1
     human = run_cli("status", "-c", str(config))
     assert human.returncode == 0 and str(folder) in human.stdout
+    assert human.stdout.count("0 (all hosts)") == 1  # two hosts share one upload queue: shown once
 
 
 def test_sync_off_a_terminal_prints_plain_progress_and_a_summary(tmp_path: Path, emulator: Emulator) -> None:

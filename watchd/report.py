@@ -103,6 +103,9 @@ def render_status(status: dict[str, Any], console: Console) -> None:
     services = Table(title="Services", title_justify="left")
     for column in ("service", "auth", "used today", "daily quota", "resets at", "queue", "state"):
         services.add_column(column)
+    uploads = str(status["queue"]["uploads"])
+    if len(status["hosts"]) > 1:  # a queued file's host is known only once its rules are read
+        uploads += " (all hosts)"
     for name, host in status["hosts"].items():
         services.add_row(
             f"imageban:{name}",
@@ -110,9 +113,10 @@ def render_status(status: dict[str, Any], console: Console) -> None:
             str(host["used_today"]),
             str(host["daily_quota"]),
             host["resets_at"],
-            str(status["queue"]["uploads"]),
+            uploads,
             _state(host["paused"]),
         )
+        uploads = ""  # said once
     baidu = status["baidu"]
     if baidu is not None:
         services.add_row(
