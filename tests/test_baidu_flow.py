@@ -346,3 +346,27 @@ def test_a_change_after_a_push_reached_baidu_unrecorded_is_pushed_as_a_modificat
     assert [(c.items[0]["extra"]["modify"], c.errno) for c in pushes(emulator)] == [("0", 0), ("1", 0)]
     (stored,) = emulator.baidu_index().values()
     assert stored["objurl"] == emulator.uploads()[-1].link
+
+
+def test_a_failing_baidu_is_left_alone_until_its_backoff_ends_not_tried_batch_by_batch(
+    setup: tuple[Path, Path, Path], emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, public, _private = setup
+    for n in range(100):
+        (public / f"b{n:03d}.png").write_bytes(png(n + 1, 5))
+    calls: list[int] = []
+
+    def down(self: BaiduIndexer, items: list[PushItem]) -> list[ItemResult]:
+        calls.append(len(items))
+        raise TransientError("HTTP 503 from Baidu", service="baidu")
+
+    now = [1_800_000_000.0]
+    with monkeypatch.context() as patch:
+        patch.setattr(BaiduIndexer, "push", down)
+        assert Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None).sync() == 1
+    assert len(calls) == 2 * 3  # two batches with their quick retries, then Baidu is paused (was 5 x 3)
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert status["baidu"]["paused"]["kind"] == "outage" and status["baidu"]["queue_push"] == 100
+    now[0] += 86_400
+    assert Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None).sync() == 0
+    assert sum(len(c.items) for c in pushes(emulator) if c.errno == 0) == 100

@@ -151,6 +151,31 @@ def test_attempts_that_never_reached_the_host_do_not_use_up_its_quota(
     assert len(emulator.uploads()) == 3  # the whole quota, none of it spent on refused connections
 
 
+def test_a_failing_host_is_left_alone_until_its_backoff_ends_not_tried_file_by_file(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    config, folder = make_config(tmp_path, emulator)
+    for n in range(20):
+        (folder / f"o{n}.png").write_bytes(png(n + 1, 6))
+    emulator.set_faults(http_error_rate=1.0)  # every upload answered 5xx: the host is down
+    now = [time.time()]
+    engine = Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None)
+    assert engine.sync() == 1
+    uploads = [r for r in emulator.requests() if r.path == "/v1"]
+    # The 2nd failure in a row pauses the host: the 4 uploads in flight, plus the one that took
+    # the 1st one's slot, each with its 3 quick attempts (it was 20 x 3 = 60, file after file).
+    assert len(uploads) <= (4 + 1) * 3
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert status["hosts"]["me"]["paused"]["kind"] == "outage"
+    assert status["files"]["pending"] == 20 and status["files"]["failed"] == 0
+    emulator.set_faults(http_error_rate=0.0)  # back; a new start (or reload) tries again at once
+    assert Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None).sync() == 1
+    assert len(emulator.uploads()) >= 20 - 5  # all but those that failed themselves: their backoff
+    now[0] += 3600
+    assert Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None).sync() == 0
+    assert len(emulator.uploads()) == 20
+
+
 def test_kill_9_at_random_moments_loses_nothing_and_duplicates_only_in_flight_work(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:

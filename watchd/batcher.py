@@ -4,7 +4,8 @@ A batch goes out at once when it is full, after a short linger (≤ 1 s) when it
 immediately when draining (`sync`, shutdown). Items are marked "sending" in the journal
 before the call and get one result each after it, so a crash mid-call resends at most that
 one batch. Quota and configuration answers pause Baidu in the journal: nothing is sent
-until the reset (quota) or a reload (configuration), and the queue is kept.
+until the reset (quota) or a reload (configuration), and the queue is kept; so do calls
+that fail one after another (an outage), until a growing backoff ends.
 """
 
 from __future__ import annotations
@@ -190,7 +191,14 @@ class BaiduBatcher:
             attempts = max(row.attempts for row in rows) + 1
             self.journal.outbox_retry(ids, str(exc), self.pipeline.retry.next_attempt_at(attempts, exc))
             log.warning("Baidu %s of %d items deferred: %s", action, len(rows), exc)
+            if (until := self.pipeline.retry.note_failure(SERVICE, exc)) is not None:
+                self.journal.pause(SERVICE, "outage", until, f"down or overloaded: {exc}")
+                log.warning(
+                    "Baidu looks down (calls fail one after another): no call until %s; the queue is kept",
+                    time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(until)),
+                )
             return
+        self.pipeline.retry.note_success(SERVICE)
         self._record(action, rows, results)
 
     def _record(self, action: str, rows: list[OutboxRow], results: list[ItemResult]) -> None:

@@ -278,11 +278,13 @@ class Engine:
         return journal_gauges(self.journal, services)
 
     def _release_configuration_pauses(self) -> None:
-        """A new configuration (a start or a reload) deserves a new try; quota pauses stay."""
+        """A new configuration (a start or a reload) deserves a new try, also of a service that
+        looked down (it may have been a wrong `api_url`); quota pauses stay."""
         for pause in self.journal.pauses():
-            if pause.kind == "configuration":
+            if pause.kind in ("configuration", "outage"):
                 self.journal.resume(pause.name)
         self.journal.release_deferred("configuration")
+        self.journal.release_deferred("outage")
 
     def stop(self) -> None:
         """Ask the loop to stop (thread-safe; used by signal handlers and tests)."""

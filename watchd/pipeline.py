@@ -324,6 +324,7 @@ class Pipeline:
         except FileNotFoundError:
             self.journal.record_retry(row.id, j.PENDING, "transient", "file vanished during upload", 0)
             return self._vanished(row)
+        self.retry.note_success(f"imageban:{rules.host}")
         log.debug("uploaded %s → %s", path, uploaded.link, extra={"path": str(path)})
         return UploadResult(rules.host, uploaded, loaded.sha256, utc_now())
 
@@ -361,6 +362,14 @@ class Pipeline:
             exc,
             extra={"path": row.path},
         )
+        if (until := self.retry.note_failure(service, exc)) is not None:
+            self.journal.pause(service, "outage", until, f"down or overloaded: {exc}")
+            log.warning(
+                "%s looks down (uploads fail one after another): no upload is sent to it until %s; "
+                "the queue is kept",
+                service,
+                _clock_time(until),
+            )
         return self._defer(row, j.PENDING, "transient", str(exc), retry_at, outcome="retry")
 
     def _pause_for_quota(self, service: str, reason: str, until: float) -> bool:
@@ -373,7 +382,11 @@ class Pipeline:
             return True
 
     def _defer_while_paused(self, row: FileRow, service: str) -> str:
-        return self._defer(row, j.PENDING, "paused", f"{service} is paused", self._pause_end(service))
+        """Wait out the service's pause. Files that wait for an outage to end say so: a new
+        configuration (a corrected `api_url`, say) lifts that pause and lets them go at once."""
+        outage = any(p.name == service and p.kind == "outage" for p in self.journal.pauses())
+        kind = "outage" if outage else "paused"
+        return self._defer(row, j.PENDING, kind, f"{service} is paused", self._pause_end(service))
 
     def _defer(
         self, row: FileRow, state: str, kind: str, reason: str, at: float, outcome: str = "paused"

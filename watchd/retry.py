@@ -12,7 +12,9 @@ import contextlib
 import email.utils
 import logging
 import random
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 from watchd.errors import TransientError
 
 T = TypeVar("T")
+
+# Items in a row (no success between) that failed even after their quick retries before the
+# service itself is taken to be down: one can be a bad item, two in a row are the service.
+OUTAGE_AFTER = 2
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +152,9 @@ def _retry_after(state: RetryCallState) -> float:
 
 
 class RetryPolicy:
-    """The configured retries (`retry:`), shared by the upload workers and the Baidu batcher."""
+    """The configured retries (`retry:`), shared by the upload workers and the Baidu batcher,
+    and the outages they reveal: a service that fails item after item is left alone for a
+    growing backoff instead of being tried once per queued item."""
 
     def __init__(
         self, settings: RetrySettings, clock: Callable[[], float], sleep: Callable[[float], None]
@@ -154,6 +162,30 @@ class RetryPolicy:
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
+        self._lock = threading.Lock()
+        self._failures: Counter[str] = Counter()  # per service: items in a row that failed
+        self._outages: Counter[str] = Counter()  # per service: outage pauses in a row
+        self._paused_until: dict[str, float] = {}
+
+    def note_failure(self, service: str, error: BaseException) -> float | None:
+        """An item for `service` failed even after its quick retries. From the `OUTAGE_AFTER`th
+        in a row, return until when to leave the service alone (the backoff, longer with each
+        outage in a row, never shorter than a Retry-After); None while it may be the item, or
+        while the pause announced last is still running."""
+        with self._lock:
+            self._failures[service] += 1
+            if self._failures[service] < OUTAGE_AFTER or self.clock() < self._paused_until.get(service, 0):
+                return None
+            self._outages[service] += 1
+            until = self.next_attempt_at(self._outages[service], error)
+            self._paused_until[service] = until
+            return until
+
+    def note_success(self, service: str) -> None:
+        """`service` answered: whatever failed before was not an outage, or it is over."""
+        with self._lock:
+            self._failures.pop(service, None)
+            self._outages.pop(service, None)
 
     def call(self, fn: Callable[[], T], describe: str) -> T:
         """`fn()` with the quick retries of transient errors (`call_with_retry`)."""

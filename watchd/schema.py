@@ -239,7 +239,8 @@ class OutboxRow:
 
 @dataclass(frozen=True)
 class ServicePause:
-    """A paused service: `kind` is "quota" (until `until`) or "configuration" (until reload)."""
+    """A paused service: `kind` is "quota" (until `until`, the daily reset), "outage" (until
+    `until`, a backoff) or "configuration" (until a reload)."""
 
     name: str
     kind: str
