@@ -191,7 +191,9 @@ class BaiduBatcher:
             attempts = max(row.attempts for row in rows) + 1
             self.journal.outbox_retry(ids, str(exc), self.pipeline.retry.next_attempt_at(attempts, exc))
             log.warning("Baidu %s of %d items deferred: %s", action, len(rows), exc)
-            if (until := self.pipeline.retry.note_failure(SERVICE, exc)) is not None:
+            transient = isinstance(exc, TransientError)
+            until = self.pipeline.retry.note_failure(SERVICE, exc) if transient else None
+            if until is not None:
                 self.journal.pause(SERVICE, "outage", until, f"down or overloaded: {exc}")
                 log.warning(
                     "Baidu looks down (calls fail one after another): no call until %s; the queue is kept",
