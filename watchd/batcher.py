@@ -191,14 +191,8 @@ class BaiduBatcher:
             attempts = max(row.attempts for row in rows) + 1
             self.journal.outbox_retry(ids, str(exc), self.pipeline.retry.next_attempt_at(attempts, exc))
             log.warning("Baidu %s of %d items deferred: %s", action, len(rows), exc)
-            transient = isinstance(exc, TransientError)
-            until = self.pipeline.retry.note_failure(SERVICE, exc) if transient else None
-            if until is not None:
-                self.journal.pause(SERVICE, "outage", until, f"down or overloaded: {exc}")
-                log.warning(
-                    "Baidu looks down (calls fail one after another): no call until %s; the queue is kept",
-                    time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(until)),
-                )
+            if isinstance(exc, TransientError):
+                self.pipeline.note_transient_failure(SERVICE, exc)
             return
         self.pipeline.retry.note_success(SERVICE)
         self._record(action, rows, results)

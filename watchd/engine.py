@@ -249,7 +249,7 @@ class Engine:
         requeued = self.journal.recover()
         if any(requeued):
             log.info("resuming after an interruption: %d uploads and %d Baidu items requeued", *requeued)
-        self._release_configuration_pauses()
+        self._lift_pauses_a_new_configuration_may_fix()
         self.journal.rejudge_held_deletes()
         self._start_threads(watch=watch)
         self.upkeep.rescan_all()
@@ -277,7 +277,7 @@ class Engine:
             services.append(self.batcher.quota)
         return journal_gauges(self.journal, services)
 
-    def _release_configuration_pauses(self) -> None:
+    def _lift_pauses_a_new_configuration_may_fix(self) -> None:
         """A new configuration (a start or a reload) deserves a new try, also of a service that
         looked down (it may have been a wrong `api_url`); quota pauses stay."""
         for pause in self.journal.pauses():
@@ -637,7 +637,7 @@ class Engine:
                 ", ".join(fixed),
             )
         self._stop_batcher()
-        self._release_configuration_pauses()
+        self._lift_pauses_a_new_configuration_may_fix()
         self.journal.rejudge_held_deletes()
         self._build(settings)
         self._start_batcher()

@@ -312,6 +312,7 @@ class Pipeline:
         """Record the intent with its quota reservation, then upload (quick retries included)."""
         assert row.path is not None
         path = Path(row.path)
+        quota = self.quotas[rules.host]
         self.journal.claim_upload(row.id, loaded.sha256, reservation)
         request = UploadRequest(path, path.name, rules.album, loaded.info, loaded.content)
         host = self.hosts[rules.host]
@@ -319,12 +320,12 @@ class Pipeline:
             uploaded = self.retry.call(lambda: host.upload(request), f"upload of {path}")
         except ServiceError as exc:
             if isinstance(exc, TransientError) and not exc.reached:
-                self.quotas[rules.host].give_back(reservation)
-            return self._upload_failed(row, f"imageban:{rules.host}", exc)
+                quota.give_back(reservation)
+            return self._upload_failed(row, quota.service, exc)
         except FileNotFoundError:
             self.journal.record_retry(row.id, j.PENDING, "transient", "file vanished during upload", 0)
             return self._vanished(row)
-        self.retry.note_success(f"imageban:{rules.host}")
+        self.retry.note_success(quota.service)
         log.debug("uploaded %s → %s", path, uploaded.link, extra={"path": str(path)})
         return UploadResult(rules.host, uploaded, loaded.sha256, utc_now())
 
@@ -362,15 +363,20 @@ class Pipeline:
             exc,
             extra={"path": row.path},
         )
-        if (until := self.retry.note_failure(service, exc)) is not None:
-            self.journal.pause(service, "outage", until, f"down or overloaded: {exc}")
-            log.warning(
-                "%s looks down (uploads fail one after another): no upload is sent to it until %s; "
-                "the queue is kept",
-                service,
-                _clock_time(until),
-            )
+        self.note_transient_failure(service, exc)
         return self._defer(row, j.PENDING, "transient", str(exc), retry_at, outcome="retry")
+
+    def note_transient_failure(self, service: str, exc: ServiceError) -> None:
+        """An item for `service` failed after its quick retries (an upload here, a Baidu call in
+        the batcher); from the second in a row, pause the service for an outage and say so."""
+        if (until := self.retry.note_failure(service, exc)) is None:
+            return
+        self.journal.pause(service, "outage", until, f"down or overloaded: {exc}")
+        log.warning(
+            "%s looks down (items fail one after another): nothing is sent to it until %s; the queue is kept",
+            service,
+            _clock_time(until),
+        )
 
     def _pause_for_quota(self, service: str, reason: str, until: float) -> bool:
         """Pause `service` until its quota resets; False when another upload just did (each of
