@@ -250,7 +250,27 @@ def test_api_error_messages_say_what_to_do(image: Path) -> None:
         make_host(answering(body={"error": {"code": "105", "message": "Invalid secret key"}})).upload(
             UploadRequest(image, "c")
         )
-    assert str(caught.value) == "imageban:me: invalid secret key: check secret_key in the config (code 105)"
+    assert str(caught.value) == (
+        "imageban:me: invalid secret key: "
+        "check secret_key (or secret_key_file) of host 'me' in the config (code 105)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("auth", "answer", "advice"),
+    [
+        ({"secret_key": SECRET}, {"error": {"code": "100"}}, "check secret_key (or secret_key_file)"),
+        ({"client_id": "guest-id"}, {"error": {"code": "105"}}, "check client_id (or client_id_file)"),
+        ({"client_id": "guest-id"}, None, "check client_id (or client_id_file)"),
+    ],
+)
+def test_credential_advice_names_the_credential_the_host_sends(
+    image: Path, auth: dict[str, str], answer: dict[str, object] | None, advice: str
+) -> None:
+    """An account host told "invalid client id" has no client_id to check: its secret key was refused."""
+    with pytest.raises(ConfigurationError) as caught:
+        make_host(answering(401 if answer is None else 200, answer), **auth).upload(UploadRequest(image, "c"))
+    assert f"{advice} of host 'me' in the config" in str(caught.value)
 
 
 def test_unknown_api_code_is_transient_with_scrubbed_message(image: Path) -> None:

@@ -23,7 +23,10 @@ from watchd import pipeline as pipeline_module
 from watchd.config import load_settings
 from watchd.emulator import Emulator
 from watchd.engine import Engine
+from watchd.errors import PermanentFileError
 from watchd.hosts.base import Uploaded, UploadRequest
+from watchd.indexers.baidu import BaiduIndexer
+from watchd.indexers.base import ItemResult, PushItem
 
 FAST_RETRIES = """
 retry:
@@ -149,6 +152,63 @@ def test_attempts_that_never_reached_the_host_do_not_use_up_its_quota(
     now[0] += 3600
     assert Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None).sync() == 1
     assert len(emulator.uploads()) == 3  # the whole quota, none of it spent on refused connections
+
+
+def test_uploads_the_host_refused_give_their_quota_units_back_and_the_pause_is_said_once(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    config, folder = make_config(tmp_path, emulator)
+    good = "concurrency: 4\n" + config.read_text().replace(
+        "type: imageban\n", "type: imageban\n    daily_quota: 3\n", 1
+    )
+    config.write_text(good.replace("demo-secret", "a-mistyped-key"))
+    for n in range(5):
+        (folder / f"k{n}.png").write_bytes(png(n + 1, 6))
+    refused = run_cli("sync", "-c", str(config))
+    assert refused.returncode == 1
+    assert 1 <= len([r for r in emulator.requests() if r.code == "105"]) <= 4  # those already in flight
+    assert refused.stderr.count("imageban:me paused") == 1, refused.stderr
+    assert "check secret_key (or secret_key_file) of host 'me'" in refused.stderr
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert status["hosts"]["me"]["used_today"] == 0  # ImageBan stored nothing, so counted nothing
+    config.write_text(good)  # the key fixed: the whole day's quota is there
+    assert run_cli("sync", "-c", str(config)).returncode == 1  # two wait for tomorrow
+    assert len(emulator.uploads()) == 3
+
+
+def test_baidu_calls_and_items_refused_give_their_quota_units_back(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(
+        tmp_path / "config.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "state", baidu_quota=6
+    )
+    good = config.read_text()
+    config.write_text(good.replace("demo-token", "a-mistyped-token"))
+    for n in range(6):
+        (folder / f"b{n}.png").write_bytes(png(n + 1, 6))
+    assert Engine(load_settings(config), sleep=lambda _s: None).sync() == 1
+    assert [c.errno for c in emulator.baidu_calls()] == [60001001]  # one call, then paused
+    assert json.loads(run_cli("status", "-c", str(config), "--json").stdout)["baidu"]["submitted_today"] == 0
+
+    config.write_text(good)
+    refuse = "b2"  # Baidu refuses one item of the call: it stores nothing for it
+    real_push = BaiduIndexer.push
+
+    def push_refusing_one(self: BaiduIndexer, items: list[PushItem]) -> list[ItemResult]:
+        results = real_push(self, [item for item in items if refuse not in item.title])
+        refused = [
+            ItemResult(i.id, PermanentFileError("refused", service="baidu"))
+            for i in items
+            if refuse in i.title
+        ]
+        return results + refused
+
+    monkeypatch.setattr(BaiduIndexer, "push", push_refusing_one)
+    assert Engine(load_settings(config), sleep=lambda _s: None).sync() == 1  # the refused item failed
+    assert len(emulator.baidu_index()) == 5
+    assert json.loads(run_cli("status", "-c", str(config), "--json").stdout)["baidu"]["submitted_today"] == 5
 
 
 def test_a_failing_host_is_left_alone_until_its_backoff_ends_not_tried_file_by_file(

@@ -176,26 +176,34 @@ class BaiduBatcher:
         self.calls += 1
         try:
             results = self.pipeline.retry.call(call, f"Baidu {action} of {len(rows)}")
-        except QuotaError as exc:
-            self._pause_for_quota(ids, str(exc))
+        except ServiceError as exc:
+            if quota is not None and not exc.may_have_used_quota:
+                self.quota.give_back(quota, len(ids))  # counted in `mark_sending`, refused or never sent
+            self._call_failed(action, rows, exc)
             return
-        except ConfigurationError as exc:
-            reason = f"{exc}: check baidu.app_id / app_token and the account, then reload"
+        self.pipeline.retry.note_success(SERVICE)
+        if quota is not None:
+            refused = sum(1 for result in results if result.error and not result.error.may_have_used_quota)
+            if refused:
+                self.quota.give_back(quota, refused)
+        self._record(action, rows, results)
+
+    def _call_failed(self, action: str, rows: list[OutboxRow], exc: ServiceError) -> None:
+        """A whole call failed: pause for a quota or configuration answer, else back off."""
+        ids = [row.id for row in rows]
+        if isinstance(exc, QuotaError):
+            self._pause_for_quota(ids, str(exc))
+        elif isinstance(exc, ConfigurationError):
+            reason = f"{exc}; Baidu waits until the config is reloaded (systemctl reload watchd)"
             self.journal.pause(SERVICE, "configuration", None, reason)
             self.journal.outbox_retry(ids, reason, 0.0)
             log.error("Baidu paused: %s", reason)
-            return
-        except ServiceError as exc:
-            if quota is not None and isinstance(exc, TransientError) and not exc.reached:
-                self.quota.give_back(quota, len(ids))  # counted in `mark_sending`, never sent
+        else:
             attempts = max(row.attempts for row in rows) + 1
             self.journal.outbox_retry(ids, str(exc), self.pipeline.retry.next_attempt_at(attempts, exc))
             log.warning("Baidu %s of %d items deferred: %s", action, len(rows), exc)
             if isinstance(exc, TransientError):
                 self.pipeline.note_transient_failure(SERVICE, exc)
-            return
-        self.pipeline.retry.note_success(SERVICE)
-        self._record(action, rows, results)
 
     def _record(self, action: str, rows: list[OutboxRow], results: list[ItemResult]) -> None:
         when = utc_now()

@@ -46,6 +46,15 @@ class ServiceError(WatchdError):
         code = f" (code {self.code})" if self.code else ""
         return f"{where}{self.message}{code}"
 
+    @property
+    def may_have_used_quota(self) -> bool:
+        """Whether the service may have counted this request against its daily quota.
+
+        A refusal (bad credentials, quota used up, a file or item it cannot take) stores
+        nothing, so its unit goes back; what it already holds stays counted.
+        """
+        return isinstance(self, AlreadyDoneError)
+
 
 class TransientError(ServiceError):
     """Network errors, timeouts, HTTP 5xx/429 and the APIs' own "try again" codes.
@@ -67,6 +76,11 @@ class TransientError(ServiceError):
         super().__init__(message, service=service, code=code)
         self.retry_after = retry_after
         self.reached = reached
+
+    @property
+    def may_have_used_quota(self) -> bool:
+        """A request that reached the service may have been stored before the failure."""
+        return self.reached
 
 
 class QuotaError(ServiceError):

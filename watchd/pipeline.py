@@ -27,7 +27,6 @@ from watchd.errors import (
     PermanentFileError,
     QuotaError,
     ServiceError,
-    TransientError,
 )
 from watchd.hosts.base import Host, UploadRequest
 from watchd.imagefile import (
@@ -120,7 +119,7 @@ class Pipeline:
         # taken before the journal's lock: a `Journal.batch` goes inside it, never around it
         # (the engine's take-in), and it is reentrant because a move happens in such a batch.
         self.sidecar_lock = threading.RLock()
-        self._pausing = threading.Lock()  # see `_pause_for_quota`
+        self._pausing = threading.Lock()  # see `_pause_once`
         self.quotas = {
             name: QuotaGate(journal, f"imageban:{name}", host.quota, host.quota_reset_tz, clock)
             for name, host in settings.hosts.items()
@@ -302,7 +301,7 @@ class Pipeline:
             if not quota.wait_for_room():
                 break
         reason = f"daily quota of {quota.limit} uploads used up; resumes at {_clock_time(quota.reset_at())}"
-        if self._pause_for_quota(service, reason, quota.reset_at()):
+        if self._pause_once(service, "quota", quota.reset_at(), reason):
             log.warning("%s: %s (daily_quota in the config); uploads stay queued", service, reason)
         return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
 
@@ -319,7 +318,7 @@ class Pipeline:
         try:
             uploaded = self.retry.call(lambda: host.upload(request), f"upload of {path}")
         except ServiceError as exc:
-            if isinstance(exc, TransientError) and not exc.reached:
+            if not exc.may_have_used_quota:
                 quota.give_back(reservation)
             return self._upload_failed(row, quota.service, exc)
         except FileNotFoundError:
@@ -344,15 +343,15 @@ class Pipeline:
         if isinstance(exc, QuotaError):
             quota = self.quotas[service.split(":", 1)[1]]
             reason = f"{exc}; resumes at {_clock_time(quota.reset_at())}"
-            if self._pause_for_quota(service, reason, quota.reset_at()):
+            if self._pause_once(service, "quota", quota.reset_at(), reason):
                 log.error(
                     "%s: daily quota reached; uploads wait until %s", service, _clock_time(quota.reset_at())
                 )
             return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
         if isinstance(exc, ConfigurationError):
-            reason = f"{exc}: fix the credentials in the config, then reload (systemctl reload watchd)"
-            self.journal.pause(service, "configuration", None, reason)
-            log.error("%s paused: %s", service, reason)
+            reason = f"{exc}; uploads to it wait until the config is reloaded (systemctl reload watchd)"
+            if self._pause_once(service, "configuration", None, reason):
+                log.error("%s paused: %s", service, reason)
             return self._defer(row, j.PENDING, "configuration", reason, self.clock() + CONFIG_PAUSE_RECHECK)
         retry_at = self.retry.next_attempt_at(row.attempts + 1, exc)
         log.warning(
@@ -378,13 +377,14 @@ class Pipeline:
             _clock_time(until),
         )
 
-    def _pause_for_quota(self, service: str, reason: str, until: float) -> bool:
-        """Pause `service` until its quota resets; False when another upload just did (each of
-        those in flight meets the same end of the day, and one log line says it)."""
+    def _pause_once(self, service: str, kind: str, until: float | None, reason: str) -> bool:
+        """Pause `service` for `kind` (until `until`, None: until a reload); False when another
+        upload just did: each of those in flight meets the same answer, and one line says it."""
         with self._pausing:
-            if self.paused_until(service) is not None:
+            paused = self.paused_until(service) is not None  # lifts a pause that has run out
+            if paused and any(p.name == service and p.kind == kind for p in self.journal.pauses()):
                 return False
-            self.journal.pause(service, "quota", until, reason)
+            self.journal.pause(service, kind, until, reason)
             return True
 
     def _defer_while_paused(self, row: FileRow, service: str) -> str:

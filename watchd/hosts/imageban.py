@@ -31,23 +31,25 @@ DEFAULT_API_URL = "https://api.imageban.ru/v1"
 
 # API error code -> (class, what it means and what to do). PROTOCOLS.md, "ImageBan ... Errors".
 _API_CODES: dict[str, tuple[type[ServiceError], str]] = {
-    "100": (ConfigurationError, "invalid client id: check client_id in the config"),
+    "100": (ConfigurationError, "invalid client id"),
     "101": (PermanentFileError, "image larger than ImageBan allows: resize or recompress it"),
     "102": (PermanentFileError, "ImageBan received no image data: copy the file again"),
     "103": (PermanentFileError, "ImageBan says this is not an image: convert it to JPEG, PNG or GIF"),
     "104": (TransientError, "ImageBan failed to store the image"),
-    "105": (ConfigurationError, "invalid secret key: check secret_key in the config"),
+    "105": (ConfigurationError, "invalid secret key"),
     "106": (PermanentFileError, "wrong image URL"),
     "107": (TransientError, "ImageBan could not fetch the image URL"),
     "108": (QuotaError, "guest daily upload limit for this IP reached"),
     "109": (QuotaError, "account daily upload limit reached"),
-    "110": (ConfigurationError, "ImageBan received no credentials: set secret_key or client_id"),
+    "110": (ConfigurationError, "ImageBan received no credentials"),
 }
+# Answers about the credentials: their advice names the one this host sends.
+_CREDENTIAL_CODES = frozenset({"100", "105", "110", "401", "403"})
 
 # HTTP status without an API error body -> (class, message); anything else >= 300 is transient.
 _HTTP_STATUS: dict[int, tuple[type[ServiceError], str]] = {
-    401: (ConfigurationError, "credentials refused: check secret_key / client_id"),
-    403: (ConfigurationError, "access forbidden: check secret_key / client_id"),
+    401: (ConfigurationError, "credentials refused"),
+    403: (ConfigurationError, "access forbidden"),
     404: (ConfigurationError, "no API at this address: check api_url"),
     405: (ConfigurationError, "no upload API at this address: check api_url"),
     410: (ConfigurationError, "no API at this address any more: check api_url"),
@@ -163,14 +165,14 @@ class ImageBanHost:
             code = str(error["code"]).strip()
             api_message = self._scrub(str(error.get("message") or ""))
             cls, meaning = _API_CODES.get(code, (TransientError, f"unknown ImageBan error: {api_message}"))
-            raise cls(meaning, service=self.service, code=code)
+            raise cls(self._advised(meaning, code), service=self.service, code=code)
         status = response.status_code
         if status >= 300:
             cls, meaning = _HTTP_STATUS.get(status, (TransientError, f"HTTP {status} from ImageBan"))
             if cls is TransientError:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 raise TransientError(meaning, service=self.service, code=str(status), retry_after=retry_after)
-            raise cls(meaning, service=self.service, code=str(status))
+            raise cls(self._advised(meaning, str(status)), service=self.service, code=str(status))
         if not isinstance(body, dict):
             raise TransientError("malformed answer from ImageBan (not a JSON object)", service=self.service)
         data = body.get("data")
@@ -197,6 +199,13 @@ class ImageBanHost:
             resolution=f"{width}x{height}",
             delete_hash=_text(data.get("delete_hash")) or None,
         )
+
+    def _advised(self, meaning: str, code: str) -> str:
+        """`meaning`, for an answer about the credentials with what to check: the one sent."""
+        if code not in _CREDENTIAL_CODES:
+            return meaning
+        key = "secret_key" if self.auth_scheme == "account" else "client_id"
+        return f"{meaning}: check {key} (or {key}_file) of host {self.name!r} in the config"
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:

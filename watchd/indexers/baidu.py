@@ -59,7 +59,7 @@ _ERRNO: dict[int, tuple[type[ServiceError] | None, str]] = {
     301001: (PermanentFileError, "Baidu found no valid data in this item"),
     301002: (QuotaError, "today's Baidu image quota is used up"),
     301003: (AlreadyDoneError, "already stored by Baidu (duplicate)"),
-    60000005: (ConfigurationError, "Baidu account not approved or muted"),
+    60000005: (ConfigurationError, "Baidu account not approved or muted: check its state with Baidu"),
     60000009: (ConfigurationError, "Baidu account does not exist: check app_id"),
     60001001: (ConfigurationError, "Baidu authorisation failed: check app_id and app_token"),
 }
