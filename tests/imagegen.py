@@ -59,10 +59,13 @@ def _jpeg_segment(marker: int, data: bytes) -> bytes:
     return bytes([0xFF, marker]) + struct.pack(">H", len(data) + 2) + data
 
 
-def gif(width: int, height: int, extra_bytes: int = 0) -> bytes:
-    """A GIF89a with a 2-colour palette and one all-black frame, ending with the 0x3B trailer.
+def gif(width: int, height: int, extra_bytes: int = 0, frames: int = 1) -> bytes:
+    """A GIF89a with a 2-colour palette and `frames` all-black frames, ending with the 0x3B trailer.
 
     The LZW stream sends a clear code before every two pixels, so the code width stays 3 bits.
+    The comment that pads it is all ";" (0x3B), so a cut inside it ends like a whole GIF does.
+    Frames after the first are an animation: a looping application extension, then per frame
+    a graphic control extension and an image with its own colour table.
     """
     pixels = width * height
     codes: list[int] = []
@@ -73,16 +76,27 @@ def gif(width: int, height: int, extra_bytes: int = 0) -> bytes:
     for i in range(0, len(codes), 8):  # eight 3-bit codes fill three bytes, least significant first
         group = sum(code << (3 * j) for j, code in enumerate(codes[i : i + 8]))
         packed += group.to_bytes(3, "little")
-    comment = b"\x21\xfe" + _gif_blocks(b"x" * extra_bytes) if extra_bytes else b""
+    image_data = b"\x02" + _gif_blocks(bytes(packed[: -(-3 * len(codes) // 8)]))
+    comment = b"\x21\xfe" + _gif_blocks(b";" * extra_bytes) if extra_bytes else b""
+    animation = b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00" if frames > 1 else b""  # loop forever
+    more_frames = b"".join(
+        b"\x21\xf9\x04\x04\x0a\x00\x00\x00"  # graphic control: 0.1 s, keep the frame
+        + b"\x2c"
+        + struct.pack("<HHHHB", 0, 0, width, height, 0x80)  # with a local colour table of 2
+        + b"\x00\x00\x00\x3b\x3b\x3b"  # black and a grey of 0x3B: a cut in it ends on 0x3B too
+        + image_data
+        for _ in range(frames - 1)
+    )
     return (
         b"GIF89a"
         + struct.pack("<HHBBB", width, height, 0x80, 0, 0)
         + b"\x00\x00\x00\xff\xff\xff"
+        + animation
         + comment
         + b"\x2c"
         + struct.pack("<HHHHB", 0, 0, width, height, 0)
-        + b"\x02"
-        + _gif_blocks(bytes(packed[: -(-3 * len(codes) // 8)]))
+        + image_data
+        + more_frames
         + b"\x3b"
     )
 

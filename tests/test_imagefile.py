@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from tests import imagegen
 from watchd.errors import PermanentFileError
 from watchd.imagefile import HASH_CHUNK, READ_WHOLE_BELOW, ImageInfo, inspect_image, load_image, sha256_file
+from watchd.pipeline import candidate_name
 
 MB = 1024 * 1024
 
@@ -52,6 +54,61 @@ def test_truncated_tail_is_incomplete(tmp_path: Path, maker, cut: int) -> None:
 def test_a_jpeg_with_a_trailer_after_its_end_marker_is_complete(tmp_path: Path) -> None:
     data = imagegen.jpeg(16, 16, extra_bytes=100) + b"MotionPhoto_Data" + bytes(300_000)
     assert inspect_image(write(tmp_path, "motion.jpg", data)).complete
+
+
+@pytest.mark.parametrize("maker", [imagegen.png, imagegen.gif])
+@pytest.mark.parametrize("trailer", [b"trailing-metadata", b"\x00" * 3, b"x" * 300_000])
+def test_bytes_after_the_end_of_a_png_or_gif_are_a_trailer(tmp_path: Path, maker, trailer: bytes) -> None:
+    info = inspect_image(write(tmp_path, "trailer", maker(16, 16, extra_bytes=100) + trailer))
+    assert (info.width, info.height, info.complete) == (16, 16, True)
+
+
+def test_png_trailer_is_found_reading_chunk_headers_only(tmp_path: Path, read_sizes: list[int]) -> None:
+    path = write(tmp_path, "big.png", imagegen.png(8, 8, extra_bytes=5 * MB) + b"trailing-metadata")
+    read_sizes.clear()
+    assert inspect_image(path).complete
+    assert sum(read_sizes) < 200
+
+
+@pytest.mark.parametrize("maker", [imagegen.png, partial(imagegen.gif, frames=3)], ids=["png", "gif"])
+def test_every_cut_before_the_end_is_incomplete(tmp_path: Path, maker) -> None:
+    data = maker(4, 4, extra_bytes=300)
+    cuts = [cut for cut in range(1, len(data)) if inspect_image(write(tmp_path, "cut", data[:cut])).complete]
+    assert cuts == []
+    assert inspect_image(write(tmp_path, "whole", data)).complete
+
+
+def test_gif_cut_right_after_a_0x3b_byte_in_its_data_is_incomplete(tmp_path: Path) -> None:
+    data = imagegen.gif(16, 16, extra_bytes=1000, frames=2)  # its comment is all 0x3B
+    cut = data.index(b";" * 200) + 100
+    assert data[cut - 1] == 0x3B
+    assert inspect_image(write(tmp_path, "stalled.gif", data[:cut])).complete is False
+
+
+def test_gif_walk_crosses_read_pieces(tmp_path: Path) -> None:
+    data = imagegen.gif(64, 64, extra_bytes=3 * HASH_CHUNK, frames=4)
+    assert inspect_image(write(tmp_path, "long.gif", data)).complete
+    assert inspect_image(write(tmp_path, "cut.gif", data[: HASH_CHUNK + 17])).complete is False
+
+
+def test_gif_ends_at_a_byte_no_block_starts_with_as_in_browsers(tmp_path: Path) -> None:
+    data = imagegen.gif(16, 16)
+    assert inspect_image(write(tmp_path, "padded.gif", data[:-1] + b"\x00\x00")).complete
+
+
+def test_png_with_a_damaged_chunk_before_iend_is_refused(tmp_path: Path) -> None:
+    data = bytearray(imagegen.png(4, 4, extra_bytes=10) + b"trailer")
+    data[37:41] = b"\x01\x02\x03\x04"  # the tEXt chunk's type
+    with pytest.raises(
+        PermanentFileError, match=r"d\.png is a damaged PNG \(no valid chunk at byte 33\): export"
+    ):
+        inspect_image(write(tmp_path, "d.png", bytes(data)))
+
+
+@pytest.mark.parametrize("name", ["photo.jfif", "PHOTO.JFIF", "a.jpe", "b.jpeg"])
+def test_jpeg_file_names_windows_and_browsers_write_are_candidates(tmp_path: Path, name: str) -> None:
+    assert candidate_name(name)
+    assert inspect_image(write(tmp_path, name, imagegen.jpeg(8, 8))).kind == "jpeg"
 
 
 @pytest.mark.parametrize("maker", [imagegen.png, imagegen.jpeg, imagegen.gif])
