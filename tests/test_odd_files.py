@@ -210,3 +210,22 @@ def test_a_sidecar_name_can_never_overwrite_an_image(tmp_path: Path, emulator: E
     assert (folder / "cat.png").read_bytes() == png(10, 10)
     failed = Journal.open(tmp_path / "stem" / "state").get(str(folder / "cat.png.png"))
     assert failed is not None and failed.state == "failed" and "names an image" in (failed.reason or "")
+
+
+def test_a_firefox_download_is_published_without_reporting_its_empty_placeholder(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder, config = _folder_and_config(tmp_path, emulator)
+    daemon = start_daemon(config)
+    image = png(10, 10)
+    (folder / "x.png").write_bytes(b"")  # Firefox's placeholder, next to the download
+    with open(folder / "x.png.part", "wb") as part:
+        part.write(image[:100])
+        part.flush()
+        time.sleep(2.5)  # a slow download: longer than the 1 s settle time
+        part.write(image[100:])
+    os.rename(folder / "x.png.part", folder / "x.png")
+    wait_for(lambda: sidecar_of(folder / "x.png").exists())
+    assert "is empty" not in daemon.log()
+    assert json.loads(run_cli("status", "-c", str(config), "--json").stdout)["recent_failures"] == []
+    assert daemon.stop() == 0

@@ -52,3 +52,16 @@ def test_vanished_and_forgotten_files_are_dropped(tmp_path: Path) -> None:
     assert not settler
     settler.changed(str(gone))  # a change reported for a file already gone is not kept
     assert not settler
+
+
+def test_an_empty_file_waits_while_a_download_into_it_is_in_progress(tmp_path: Path) -> None:
+    """Firefox creates x.png empty next to x.png.part and renames the .part over it at the end."""
+    settler = Settler(2.0, lambda: 100.0)
+    placeholder = tmp_path / "x.png"
+    placeholder.write_bytes(b"")
+    (tmp_path / "x.png.part").write_bytes(b"half an image")
+    settler.changed(str(placeholder))
+    assert settler.settled(102.0) == []
+    assert settler.deadlines() == [104.0]
+    (tmp_path / "x.png.part").unlink()  # the download was cancelled: the empty file is reported
+    assert settler.settled(104.0) == [str(placeholder)]

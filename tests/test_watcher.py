@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from pathlib import Path
 
 import pytest
 from watchdog.events import (
+    DirAttribEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -22,6 +25,7 @@ from watchd import watcher
 from watchd.watcher import (
     Arrived,
     Changed,
+    DirChanged,
     DirGone,
     Fact,
     Finished,
@@ -73,6 +77,8 @@ def test_the_filesystem_of_a_path_comes_from_the_longest_mount_point(
         (DirMovedEvent("/w/sub", ""), DirGone("/w/sub")),
         (DirDeletedEvent("/w/sub"), DirGone("/w/sub")),
         (DirMovedEvent("/w/a", "/w/b"), None),
+        (FileAttribEvent("/w/a.png"), Changed("/w/a.png")),
+        (DirAttribEvent("/w/sub"), DirChanged("/w/sub")),
     ],
 )
 def test_events_become_facts(event: object, fact: Fact | None) -> None:
@@ -118,6 +124,19 @@ def test_a_missing_folder_is_unavailable_not_an_error(tmp_path: Path) -> None:
     assert folder_watcher.unavailable == [tmp_path / "gone"]
 
 
+def test_a_folder_that_vanishes_while_its_watch_is_added_is_unavailable_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def swapped_meanwhile(*_args: object, **_kwargs: object) -> None:  # `mv w w.old && mv w.new w`
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+
+    monkeypatch.setattr(InotifyObserver, "schedule", swapped_meanwhile)
+    folder_watcher = FolderWatcher([WatchSpec(tmp_path, True)], lambda _fact: None)
+    folder_watcher.start()
+    folder_watcher.stop()
+    assert folder_watcher.unavailable == [tmp_path]
+
+
 def test_a_storm_of_overflows_asks_for_one_rescan(tmp_path: Path) -> None:
     facts: list[Fact] = []
     folder_watcher = FolderWatcher([WatchSpec(tmp_path, True)], facts.append)
@@ -128,3 +147,25 @@ def test_a_storm_of_overflows_asks_for_one_rescan(tmp_path: Path) -> None:
     finally:
         folder_watcher.stop()
     assert facts.count(Rescan(str(tmp_path))) == 1
+
+
+def test_a_chmod_is_heard_and_an_empty_file_closed_is_not_finished(tmp_path: Path) -> None:
+    """A chmod may make an unreadable file or directory readable; an empty file closed is most
+    likely a download's placeholder, which is finished only once it stays empty."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.png").write_bytes(b"x")
+    facts: list[Fact] = []
+    folder_watcher = FolderWatcher([WatchSpec(tmp_path, True)], facts.append)
+    folder_watcher.start()
+    try:
+        os.chmod(tmp_path / "a.png", 0o600)
+        os.chmod(tmp_path / "sub", 0o700)
+        wait_for(
+            lambda: Changed(str(tmp_path / "a.png")) in facts and DirChanged(str(tmp_path / "sub")) in facts
+        )
+        (tmp_path / "x.png").write_bytes(b"")
+        (tmp_path / "y.png").write_bytes(b"y")
+        wait_for(lambda: Finished(str(tmp_path / "y.png")) in facts)
+        assert Changed(str(tmp_path / "x.png")) in facts and Finished(str(tmp_path / "x.png")) not in facts
+    finally:
+        folder_watcher.stop()

@@ -22,8 +22,9 @@ from watchd.sidecar import TEMP_MARKER, remove_stale_temp
 @dataclass(frozen=True)
 class Difference:
     """`kind` is "new" (not in the journal), "changed" (size/mtime differ), "missing",
-    "sidecar" (done, but its sidecar is gone) or "unrecordable" (a file or directory whose
-    name is not valid UTF-8, which the journal cannot hold: skipped)."""
+    "sidecar" (done, but its sidecar is gone), "unrecordable" (a file or directory whose
+    name is not valid UTF-8, which the journal cannot hold: skipped) or "unreadable" (a
+    directory that cannot be listed: its files are neither new nor missing)."""
 
     kind: str
     path: str
@@ -82,7 +83,8 @@ def reconcile(
 
     `wanted(name)` is a cheap filter on file names (image extensions); include/exclude
     rules are the engine's business. Rows under a directory that cannot be read are not
-    reported missing: an unreadable directory is not a deleted one.
+    reported missing: an unreadable directory is not a deleted one; the directory itself is
+    reported "unreadable", after the files.
     """
     unreadable: set[str] = set()
     skipped: list[str] = []
@@ -110,6 +112,8 @@ def reconcile(
             row = next(rows, None)
     for path in skipped:
         yield Difference("unrecordable", path)
+    for directory in sorted(unreadable):
+        yield Difference("unreadable", directory)
 
 
 def recordable(path: str) -> bool:

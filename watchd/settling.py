@@ -3,6 +3,10 @@
 A close-after-write event says a file is finished. Polled folders, and writers that keep a
 file open or modify it in place, give no such event; for those a file is finished when it
 has stopped changing.
+
+An empty file is not finished while a download into it is in progress: Firefox creates
+`x.png` empty next to `x.png.part`, writes the .part and renames it over `x.png`, and the
+placeholder would otherwise be reported empty ("copy the file again") before it is filled.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from typing import NamedTuple
+
+from watchd.pipeline import TEMP_SUFFIXES
 
 
 class _Seen(NamedTuple):
@@ -48,7 +54,8 @@ class Settler:
 
     def settled(self, now: float) -> list[str]:
         """The files whose time has come and that have not changed since; the ones that did
-        change wait another `settle` seconds, and vanished ones are forgotten."""
+        change, and placeholders of a download in progress, wait another `settle` seconds,
+        and vanished ones are forgotten."""
         still: list[str] = []
         for path, seen in list(self._seen.items()):
             if seen.deadline > now:
@@ -58,9 +65,16 @@ class Settler:
             except OSError:
                 del self._seen[path]
                 continue
-            if (info.st_size, info.st_mtime_ns) == (seen.size, seen.mtime_ns):
+            if (info.st_size, info.st_mtime_ns) == (seen.size, seen.mtime_ns) and not _placeholder(
+                path, info.st_size
+            ):
                 del self._seen[path]
                 still.append(path)
             else:
                 self._seen[path] = _Seen(info.st_size, info.st_mtime_ns, now + self.settle)
         return still
+
+
+def _placeholder(path: str, size: int) -> bool:
+    """Whether `path` is empty and a download into it (`path` + a temp suffix) is in progress."""
+    return size == 0 and any(os.path.lexists(path + suffix) for suffix in TEMP_SUFFIXES)

@@ -7,7 +7,13 @@ the journal before acting. This module only translates:
 - created / modified without a close (polling observers, hard links) → `Changed` (the
   engine waits until size and mtime stay stable for the settle interval);
 - a rename inside the watched tree → `Moved`; a file deleted or moved out → `Gone`;
-- a directory moved in → `Rescan` of it; a directory deleted or moved out → `DirGone`.
+- a directory moved in → `Rescan` of it; a directory deleted or moved out → `DirGone`;
+- a chmod, chown or touch (IN_ATTRIB) → `Changed` for a file (one that could not be read may
+  be readable now), `DirChanged` for a directory (one that could not be watched may be now).
+
+A watched folder itself deleted gives a `DirGone` of it; one moved away gives no event at all
+(watchdog drops IN_MOVE_SELF, and its watches follow the directory to its new name): the
+upkeep notices either by the folder's device and inode, and watches what is there now.
 
 Folders on network or FUSE filesystems (where inotify sees no remote changes) are polled,
 and so is any folder for which the inotify watch limit is exhausted.
@@ -24,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
+    DirAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -36,7 +44,8 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.inotify import InotifyObserver
+from watchdog.observers.inotify import InotifyFullEmitter, InotifyObserver
+from watchdog.observers.inotify_c import InotifyConstants, Mask
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 from watchdog.observers.polling import PollingObserver
 
@@ -47,10 +56,13 @@ NETWORK_FILESYSTEMS = frozenset(
 )
 
 
-# What inotify is asked for. Opens, reads, attribute changes and every single write are
-# left out: a finished file is known by its close-after-write, and reading a directory (as
-# reconciliation does) must not flood the kernel's event queue.
+# What inotify is asked for. Opens, reads and every single write are left out: a finished
+# file is known by its close-after-write, and reading a directory (as reconciliation does)
+# must not flood the kernel's event queue. Attribute changes are in: a chmod that makes a
+# file or directory readable writes nothing else.
 INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
+    FileAttribEvent,
+    DirAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     DirCreatedEvent,
@@ -121,7 +133,22 @@ class Rescan:
     path: str
 
 
-Fact = Finished | Arrived | Changed | Moved | Gone | DirGone | Rescan
+@dataclass(frozen=True)
+class DirChanged:
+    """A directory's permissions, owner or times changed: one that could not be read may be now."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class FolderBack:
+    """A watched folder is there again, or is another directory than the one watched (swapped,
+    or deleted and re-created): it is watched anew, and must be reconciled (from `FolderUpkeep`)."""
+
+    path: str
+
+
+Fact = Finished | Arrived | Changed | Moved | Gone | DirGone | DirChanged | Rescan | FolderBack
 
 
 @dataclass(frozen=True)
@@ -179,8 +206,19 @@ class _Translator(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         fact = translate(event)
+        if isinstance(fact, Finished) and _empty(fact.path):
+            # Most likely a placeholder (Firefox creates x.png empty next to x.png.part, then
+            # renames the .part over it): finished only if it stays empty, see `Settler`.
+            fact = Changed(fact.path)
         if fact is not None:
             self._sink(fact)
+
+
+def _empty(path: str) -> bool:
+    try:
+        return os.lstat(path).st_size == 0
+    except OSError:
+        return False
 
 
 def translate(event: FileSystemEvent) -> Fact | None:
@@ -189,7 +227,7 @@ def translate(event: FileSystemEvent) -> Fact | None:
     dest = os.fsdecode(event.dest_path)
     if isinstance(event, FileClosedEvent):
         return Finished(src)
-    if isinstance(event, FileCreatedEvent | FileModifiedEvent):
+    if isinstance(event, FileCreatedEvent | FileModifiedEvent | FileAttribEvent):
         return Changed(src)
     if isinstance(event, FileDeletedEvent):
         return Gone(src)
@@ -207,7 +245,23 @@ def translate(event: FileSystemEvent) -> Fact | None:
         return None  # watchdog reports a FileMovedEvent for every file inside
     if isinstance(event, DirDeletedEvent):
         return DirGone(src)
+    if isinstance(event, DirAttribEvent):
+        return DirChanged(src)
     return None
+
+
+class _AttribEmitter(InotifyFullEmitter):
+    """watchdog asks inotify for attribute changes only together with every single write
+    (IN_MODIFY); this asks for them alone."""
+
+    def get_event_mask_from_filter(self) -> Mask:
+        return Mask(super().get_event_mask_from_filter() | InotifyConstants.IN_ATTRIB)
+
+
+class _InotifyObserver(InotifyObserver):
+    def __init__(self) -> None:
+        super().__init__(generate_full_events=True)
+        self._emitter_class = _AttribEmitter
 
 
 class _OverflowListener(logging.Handler):
@@ -247,7 +301,7 @@ class FolderWatcher:
         self._handler = _Translator(sink)
         self.inotified: list[Path] = []
         self._overflow = _OverflowListener(lambda: list(self.inotified), sink)
-        self._inotify: BaseObserver = InotifyObserver(generate_full_events=True)
+        self._inotify: BaseObserver = _InotifyObserver()
         self._polling: dict[float, BaseObserver] = {}
         self.polled: list[Path] = []
         self.unavailable: list[Path] = []
@@ -276,12 +330,7 @@ class FolderWatcher:
 
     def _schedule(self, spec: WatchSpec) -> None:
         if not spec.root.is_dir():
-            log.error(
-                "watched folder %s is missing or not a directory: its files are kept as they are "
-                "(nothing is withdrawn); watching resumes within seconds once it is back",
-                spec.root,
-            )
-            self.unavailable.append(spec.root)
+            self._unavailable(spec.root)
             return
         poll = spec.poll if spec.poll is not None else needs_polling(spec.root)
         if not poll:
@@ -292,6 +341,9 @@ class FolderWatcher:
                 self.inotified.append(spec.root)
                 return
             except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):  # gone or unreadable meanwhile
+                    self._unavailable(spec.root)
+                    return
                 if exc.errno not in (errno.ENOSPC, errno.EMFILE):
                     raise
                 log.error(
@@ -310,3 +362,11 @@ class FolderWatcher:
         log.info(
             "polling %s every %.0f s (network/FUSE filesystem or inotify unavailable)", spec.root, interval
         )
+
+    def _unavailable(self, root: Path) -> None:
+        log.error(
+            "watched folder %s is missing, not a directory or unreadable: its files are kept as they "
+            "are (nothing is withdrawn); watching resumes within seconds once it is back",
+            root,
+        )
+        self.unavailable.append(root)
