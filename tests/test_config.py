@@ -81,8 +81,8 @@ def test_example_config_loads_with_its_environment(tmp_path: Path, monkeypatch: 
     assert [f.path for f in settings.folders] == [tmp_path / "public", tmp_path / "drafts"]
     assert settings.folders[1].rules.baidu is False
     assert sorted(settings.secrets()) == sorted(["sk-example", "cid-example", "12345", "token-example"])
-    text = describe(settings)
-    assert str(tmp_path / "drafts") in text and "guest auth" in text
+    text, broken = describe(settings)
+    assert str(tmp_path / "drafts") in text and "guest auth" in text and broken == []
     assert not any(secret in text for secret in settings.secrets())
 
 
@@ -341,6 +341,48 @@ def test_value_ranges(tmp_path: Path) -> None:
     assert any(":8: concurrency: Input should be greater than or equal to 1" in p for p in problems)
 
 
+@pytest.mark.parametrize("word", ["true", "yes", "on", "off"])
+def test_a_yaml_boolean_is_no_number(tmp_path: Path, word: str) -> None:
+    config = write(
+        tmp_path,
+        f"""
+        concurrency: {word}
+        settle: {word}
+        rescan_interval: {word}
+        delete_guard: {{max_files: {word}}}
+        hosts:
+          me: {{type: imageban, secret_key: k, timeout: {word}, daily_quota: {word}}}
+        folders: [{{path: photos}}]
+        """,
+    )
+    keys = ["hosts.me.daily_quota", "hosts.me.timeout", "concurrency", "settle", "rescan_interval"]
+    keys.append("delete_guard.max_files")
+    problems = problems_of(config)
+    assert len(problems) == len(keys), problems
+    for key in keys:
+        assert any(f": {key}: must be a number, not true or false" in p for p in problems), (key, problems)
+    assert load_settings(write(tmp_path, MINIMAL + "settle: 2\nrescan_interval: 0\n")).settle == 2.0
+
+
+def test_retry_initial_above_maximum(tmp_path: Path) -> None:
+    config = write(tmp_path, MINIMAL + "retry:\n  initial: 5\n  maximum: 2\n  requeue_initial: 9000\n")
+    assert problems_of(config) == [
+        f"{config}:8: retry.initial: is above retry.maximum: lower initial or raise maximum",
+        f"{config}:10: retry.requeue_initial: is above retry.requeue_maximum: "
+        "lower requeue_initial or raise requeue_maximum",
+    ]
+
+
+def test_a_folder_path_that_is_a_file_is_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "photos").write_bytes(b"not a folder")
+    config = write(tmp_path, MINIMAL)
+    assert problems_of(config) == [
+        f"{config}:6: folders[0].path: exists and is not a directory: name the folder that holds the images"
+    ]
+    (tmp_path / "photos").unlink()
+    assert load_settings(config).folders[0].path == tmp_path / "photos"  # missing: watched once it appears
+
+
 def test_empty_defaults_section_is_allowed(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, MINIMAL + "defaults:\n  # host: me\n"))
     assert settings.defaults.host is None and settings.default_host == "me"
@@ -391,6 +433,26 @@ def test_secret_file_problems(tmp_path: Path) -> None:
         "No such file or directory (create it or fix the path)",
         f"{config}:3: hosts.guest.client_id_file: {tmp_path / 'empty'} is empty (put the secret in it)",
         f"{config}:4: hosts.both.client_id_file: set client_id or client_id_file, not both",
+    ]
+
+
+@pytest.mark.parametrize(("content", "at"), [("a\nb\n", 2), ("  key  \n", 1)])
+def test_a_bad_secret_in_a_file_names_the_file_key_and_the_file(
+    tmp_path: Path, content: str, at: int
+) -> None:
+    (tmp_path / "token").write_text(content, encoding="utf-8")
+    config = write(tmp_path, MINIMAL + "baidu:\n  app_id: '1'\n  app_token_file: token\n")
+    assert problems_of(config) == [
+        f"{config}:9: baidu.app_token_file: the secret in {tmp_path / 'token'} holds a space or line break "
+        f"at character {at}: copy the secret again, exactly"
+    ]
+
+
+def test_a_missing_variable_in_a_secret_file_path_is_reported_once(tmp_path: Path) -> None:
+    config = write(tmp_path, MINIMAL.replace("secret_key: ${TEST_KEY}", "secret_key_file: ${WATCHD_NOPE}"))
+    assert problems_of(config) == [
+        f"{config}:4: hosts.me.secret_key_file: environment variable WATCHD_NOPE is not set "
+        "(set it, or use ${WATCHD_NOPE:-…})"
     ]
 
 

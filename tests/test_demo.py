@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -32,8 +33,13 @@ def test_the_demo_shows_each_step(tmp_path: Path) -> None:
         wait_for(lambda: link in text() and "Baidu push: 1 of 1" in text())
         image.unlink()
         wait_for(lambda: "Baidu delete: 1 of 1" in text() and not sidecar_of(image).exists())
+        shown = re.search(r"config and journal in (.+) \(removed when the demo stops\)", text())
+        assert shown is not None
+        state = Path(shown[1])
+        assert (state / "config.yaml").is_file()
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=20) == 0
+        assert not state.exists()  # nothing left behind in /tmp, run after run
     finally:
         if demo.poll() is None:
             demo.kill()

@@ -171,8 +171,18 @@ def test_rule_files_get_no_environment_interpolation(
     resolver = RuleResolver(
         settings_for(tmp_path, f"defaults: {{host: me}}\nfolders: [{{path: {photos}}}]\n")
     )
-    rule_file(photos, "album: ${SOME_SECRET}\n")
-    assert resolver.rules_for(photos / "x.png").album == "${SOME_SECRET}"
+    broken = rule_file(photos, "album: ${SOME_SECRET}\ntags: [a]\ntitle: '${HOME} {stem}, ${stem}'\n")
+    with pytest.raises(RuleFileError) as info:
+        resolver.rules_for(photos / "x.png")
+    assert info.value.problems == [  # said as such, not as an unknown placeholder {HOME}
+        f"{broken}:1: album: ${{SOME_SECRET}}: environment variables are replaced only in the main config, "
+        "not in rule files: write the value itself here (or set the key in the main config)",
+        f"{broken}:3: title: ${{HOME}}: environment variables are replaced only in the main config, "
+        "not in rule files: write the value itself here (or set the key in the main config)",
+    ]
+    assert "leaked" not in str(info.value)
+    rule_file(photos, "title: 'costs ${stem}'\n")  # a "$" before a placeholder is still just that
+    assert resolver.rules_for(photos / "x.png").title == "costs ${stem}"
 
 
 def test_album_with_guest_host_in_rule_file(tmp_path: Path, photos: Path) -> None:
@@ -252,8 +262,9 @@ def test_describe_shows_rules_per_folder_and_rule_file(tmp_path: Path, photos: P
     rule_file(photos / "sub", "title: 'sub {stem}'\n")
     broken = rule_file(photos / "zzz", "titel: x\n")
 
-    text = describe(settings)
+    text, problems = describe(settings)
 
+    assert problems == [f"{broken}:1: titel: unknown key — did you mean 'title'? (remove or rename it)"]
     assert "me: imageban, account auth (secret key)" in text
     assert "guest: imageban, guest auth (client id)" in text
     assert f"folder {photos} (recursive, watch: auto)" in text

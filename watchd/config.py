@@ -9,9 +9,10 @@ collected into one `ConfigError`, one line each: ``file:line: dotted.key: what i
    by the content of the file they name.
 3. pydantic validates shapes and values (unknown keys are errors), then the cross-checks run.
 Rule files (``.watchd.yaml``) share passes 1 and 3 through `parse_rules` but get no
-interpolation: whoever can write into a watched folder could otherwise copy a secret from
-the daemon's environment into a public title. This module is the schema; the file
-mechanics of the passes and the wording of problems live in `watchd.configfile`.
+interpolation (a ``${VAR}`` in them is a problem): whoever can write into a watched folder
+could otherwise copy a secret from the daemon's environment into a public title. This
+module is the schema; the file mechanics of the passes and the wording of problems live in
+`watchd.configfile`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import stat
 from collections.abc import Collection
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -38,7 +39,7 @@ from pydantic import (
 )
 
 from watchd import templates
-from watchd.configfile import UNREAD_SECRET, Document, External, Loc, Located, validate
+from watchd.configfile import UNREAD_SECRET, Document, External, Loc, Located, references, validate
 from watchd.errors import ConfigError
 from watchd.imagefile import IMAGE_SUFFIXES, UNSUPPORTED_SUFFIXES
 
@@ -152,8 +153,27 @@ def default_config_path() -> Path:
 # -- models --------------------------------------------------------------------------------
 
 
+def _is_number(annotation: Any) -> bool:
+    """Whether a field annotated so holds an int or a float (optional or not)."""
+    return bool({annotation, *get_args(annotation)} & {int, float})
+
+
 class _Model(BaseModel):
+    """Strict where YAML is loose: a number is accepted where text is expected (an album id
+    `42`), but never a boolean where a number is (pydantic would read `true` as 1)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: object, info: ValidationInfo) -> object:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _is_number(field.annotation):
+            raise ValueError(
+                "must be a number, not true or false (which YAML also reads from yes, no, on, off): "
+                "write a plain decimal"
+            )
+        return value
 
 
 def _overlay(top: M, base: M) -> M:
@@ -283,6 +303,16 @@ class RetrySettings(_Model):
     requeue_initial: float = Field(default=30.0, gt=0)
     requeue_maximum: float = Field(default=3600.0, gt=0)
 
+    @model_validator(mode="after")
+    def _initial_within_maximum(self) -> RetrySettings:
+        problems: list[tuple[Loc, str]] = []
+        for initial, maximum in (("initial", "maximum"), ("requeue_initial", "requeue_maximum")):
+            if getattr(self, initial) > getattr(self, maximum):
+                problems.append(((initial,), f"is above retry.{maximum}: lower {initial} or raise {maximum}"))
+        if problems:
+            raise Located(problems)
+        return self
+
 
 class DeleteGuardSettings(_Model):
     """The mass-delete guard: deletions in one folder within `window` seconds are held when
@@ -308,7 +338,11 @@ class FolderSettings(_Model):
     @field_validator("path")
     @classmethod
     def _resolve(cls, value: Path, info: ValidationInfo) -> Path:
-        return _absolute(value, info).resolve()
+        """A folder that does not exist yet is watched once it appears; a file never will be."""
+        path = _absolute(value, info).resolve()
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError("exists and is not a directory: name the folder that holds the images")
+        return path
 
 
 class Settings(_Model):
@@ -401,7 +435,9 @@ def load_settings(path: Path, *, read_secrets: bool = True) -> Settings:
     data = external.resolve(raw, ())
     hosts = data.get("hosts")
     context = {"base_dir": base_dir, "hosts": tuple(map(str, hosts)) if isinstance(hosts, dict) else None}
-    settings = validate(Settings, document, data, context, skip=external.failed)
+    settings = validate(
+        Settings, document, data, context, skip=external.failed, from_files=external.from_files
+    )
     document.check()
     assert settings is not None  # validation failed only if it added problems
     settings._config_path = path.absolute()
@@ -416,11 +452,22 @@ def load_settings(path: Path, *, read_secrets: bool = True) -> Settings:
 def parse_rules(text: str, source: str, hosts: Collection[str]) -> Rules:
     """Given the text of a rule file, return its rules (no environment interpolation).
 
-    Raise ConfigError listing every problem, each with `source` and line.
+    Raise ConfigError listing every problem, each with `source` and line; a ``${VAR}`` is
+    one, rather than text that silently stays as written.
     """
     document = Document(text, source)
     data = document.require_mapping("rule keys such as host:, tags:, title:")
-    rules = validate(Rules, document, data, {"hosts": hosts})
+    environment: dict[Loc, str] = {}
+    for loc, name in references(data):  # `${stem}` stays what it always was here: "$" and {stem}
+        if name not in templates.KNOWN_PLACEHOLDERS:
+            environment.setdefault(loc, name)
+    for loc, name in environment.items():
+        document.add(
+            loc,
+            f"${{{name}}}: environment variables are replaced only in the main config, not in rule "
+            "files: write the value itself here (or set the key in the main config)",
+        )
+    rules = validate(Rules, document, data, {"hosts": hosts}, skip=environment)
     document.check()
     assert rules is not None  # validation failed only if it added problems
     return rules

@@ -18,7 +18,7 @@ import difflib
 import os
 import re
 import types
-from collections.abc import Collection
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -145,6 +145,20 @@ _REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$
 _ENV_ONLY = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
+def references(value: Any, loc: Loc = ()) -> Iterator[tuple[Loc, str]]:
+    """Every ``${NAME}`` / ``${NAME:-default}`` in the strings of `value`, as (location, NAME)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from references(item, (*loc, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from references(item, (*loc, index))
+    elif isinstance(value, str):
+        for match in _REFERENCE.finditer(value):
+            if match.group(1) is not None:
+                yield loc, match.group(1)
+
+
 def _secret_scope(loc: Loc) -> bool:
     """Whether the mapping at `loc` holds credentials: ``hosts.<name>`` or ``baidu``."""
     return loc == ("baidu",) or (len(loc) == 2 and loc[0] == "hosts")
@@ -161,7 +175,9 @@ class External:
     service's alone). A value that could not be
     resolved becomes "" and its location goes into `failed`, so that validation does not
     report the same key a second time. `inline` lists the secret keys written in the file
-    itself (not as a lone ``${VAR}``), as dotted keys.
+    itself (not as a lone ``${VAR}``), as dotted keys. `from_files` maps the location of
+    each secret read from a file to its ``*_file`` key and that file, so that a problem
+    with its content is reported where the user can fix it (see `validate`).
     """
 
     def __init__(self, document: Document, secrets_dir: Path, *, read_secrets: bool = True) -> None:
@@ -170,6 +186,7 @@ class External:
         self.read_secrets = read_secrets
         self.failed: set[Loc] = set()
         self.inline: list[str] = []
+        self.from_files: dict[Loc, tuple[Loc, Path]] = {}
 
     def resolve(self, value: Any, loc: Loc) -> Any:
         """`value` (found at `loc`) with every reference in it replaced, recursively."""
@@ -224,7 +241,11 @@ class External:
         if not isinstance(raw, str):
             self._fail(loc, "expected the path of a file holding the secret")
             return ""
-        path = Path(self._interpolate(raw, loc)).expanduser()
+        name = self._interpolate(raw, loc)
+        if loc in self.failed:  # a variable in the path is missing: reported once, nothing to read
+            self.failed.add(target)
+            return ""
+        path = Path(name).expanduser()
         path = path if path.is_absolute() else self.secrets_dir / path
         try:
             secret = path.read_text(encoding="utf-8").rstrip("\r\n")
@@ -237,6 +258,7 @@ class External:
                 self._fail(loc, f"{path} is empty (put the secret in it)")
         if not secret:
             self.failed.add(target)
+        self.from_files[target] = (loc, path)
         return secret
 
     def _fail(self, loc: Loc, text: str) -> None:
@@ -297,11 +319,18 @@ def _error_text(error: Any, model: type[BaseModel]) -> str:
 
 
 def validate(
-    model: type[M], document: Document, data: Any, context: dict[str, Any], skip: Collection[Loc] = ()
+    model: type[M],
+    document: Document,
+    data: Any,
+    context: dict[str, Any],
+    skip: Collection[Loc] = (),
+    from_files: Mapping[Loc, tuple[Loc, Path]] | None = None,
 ) -> M | None:
     """`model` validated from `data`, or None with every problem added to `document`.
 
-    Problems at a location in `skip` (already reported, see `External.failed`) are dropped.
+    Problems at a location in `skip` (already reported, see `External.failed`) are dropped;
+    those at a secret read from a file (`External.from_files`) go to its ``*_file`` key,
+    naming the file.
     """
     try:
         return model.model_validate(data, context=context)
@@ -313,6 +342,10 @@ def validate(
             else:
                 pairs = [(error["loc"], _error_text(error, model))]
             for loc, text in pairs:
-                if loc not in skip:
-                    document.add(loc, text)
+                if loc in skip:
+                    continue
+                if from_files and loc in from_files:
+                    loc, path = from_files[loc]
+                    text = f"the secret in {path} {text}"
+                document.add(loc, text)
         return None

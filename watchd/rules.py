@@ -7,9 +7,12 @@ restart even when no event arrives; `invalidate` covers filesystems whose mtime 
 coarse to notice a quick same-size edit.
 
 Include/exclude globs are matched case-insensitively (cameras write `IMG_0001.JPG`)
-against both the bare file name and the path relative to the folder root, with
-`fnmatch` semantics: `*` also crosses "/", so `raw/*` and `raw/**` both mean everything
-below `raw/`, and a pattern ending in "/" means everything below that directory.
+against both the bare file name and the path relative to where the globs were set: the
+directory of the rule file that set them (a rule file speaks for its own directory, so
+`raw/` in `album/.watchd.yaml` means `album/raw/`), or the folder root for `defaults` and
+`folders[].rules`. `fnmatch` semantics: `*` also crosses "/", so `raw/*` and `raw/**` both
+mean everything below `raw/`, and a pattern ending in "/" means everything below that
+directory.
 """
 
 from __future__ import annotations
@@ -43,7 +46,12 @@ class RuleFileError(ConfigError):
 
 @dataclass(frozen=True)
 class EffectiveRules:
-    """Every rule resolved for one file; templates are not rendered yet."""
+    """Every rule resolved for one file; templates are not rendered yet.
+
+    `include_base`/`exclude_base`: the directory, relative to the folder root ("" for the
+    root itself, `defaults` and `folders[].rules`), of the rule file that set `include`/
+    `exclude`; their paths are relative to it.
+    """
 
     host: str
     album: str | None = None
@@ -57,12 +65,16 @@ class EffectiveRules:
     exclude: tuple[str, ...] = ()
     sidecar_format: str = "json"
     sidecar_name: str = "{name}.link.json"
+    include_base: str = ""
+    exclude_base: str = ""
 
 
 _DEFAULT = EffectiveRules(host="")
 
 
-def _effective(rules: Rules, settings: Settings) -> EffectiveRules:
+def _effective(
+    rules: Rules, settings: Settings, include_base: str = "", exclude_base: str = ""
+) -> EffectiveRules:
     """Fill what no layer set with the built-in defaults; `baidu` is on when Baidu is configured."""
     sidecar = rules.sidecar or SidecarRules()
     return EffectiveRules(
@@ -78,6 +90,8 @@ def _effective(rules: Rules, settings: Settings) -> EffectiveRules:
         exclude=tuple(_pick(rules.exclude, list(_DEFAULT.exclude))),
         sidecar_format=_pick(sidecar.format, _DEFAULT.sidecar_format),
         sidecar_name=_pick(sidecar.name, _DEFAULT.sidecar_name),
+        include_base=include_base,
+        exclude_base=exclude_base,
     )
 
 
@@ -127,7 +141,8 @@ class RuleResolver:
         return self._for_directory(folder, path.parent)
 
     def is_candidate(self, path: Path) -> bool:
-        """Whether `path` is in a folder, matches `include` and no `exclude` glob.
+        """Whether `path` is in a folder, matches `include` and no `exclude` glob (each glob
+        taken relative to where it was set, see the module docs).
 
         Raise RuleFileError like `rules_for`.
         """
@@ -135,8 +150,10 @@ class RuleResolver:
         if folder is None:
             return False
         rules = self.rules_for(path)
-        relpath = path.relative_to(folder.path).as_posix()
-        return _matches(rules.include, relpath, path.name) and not _matches(rules.exclude, relpath, path.name)
+        included = path.relative_to(folder.path / rules.include_base).as_posix()
+        excluded = path.relative_to(folder.path / rules.exclude_base).as_posix()
+        wanted = _matches(rules.include, included, path.name)
+        return wanted and not _matches(rules.exclude, excluded, path.name)
 
     def invalidate(self, path: Path) -> None:
         """Forget every cached rule file at or below `path` (a rule file or a directory)."""
@@ -147,11 +164,15 @@ class RuleResolver:
     def _for_directory(self, folder: FolderSettings, directory: Path) -> EffectiveRules:
         merged = folder.rules.over(self.settings.defaults)
         nearest: Path | None = None
+        include_base = exclude_base = ""  # where the include/exclude globs in `merged` were set
         for rule_file in _rule_files(folder, directory):
             rules = self._load(rule_file)
             if rules is not None:
                 merged, nearest = rules.over(merged), rule_file
-        effective = _effective(merged, self.settings)
+                base = "/".join(rule_file.parent.relative_to(folder.path).parts)
+                include_base = base if rules.include is not None else include_base
+                exclude_base = base if rules.exclude is not None else exclude_base
+        effective = _effective(merged, self.settings, include_base, exclude_base)
         if nearest is not None and effective.album and self.settings.hosts[effective.host].auth == "guest":
             raise RuleFileError(
                 nearest, [f"{nearest}: album needs an account host; {effective.host!r} is a guest host"]
@@ -205,12 +226,14 @@ def _shown(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
-def describe(settings: Settings) -> str:
-    """The hosts, Baidu, and the effective rules per folder and per rule file below it.
+def describe(settings: Settings) -> tuple[str, list[str]]:
+    """The hosts, Baidu, and the effective rules per folder and per rule file below it; and
+    the problems of the broken rule files, each once (files below those are not uploaded).
 
     For `watchd check`: human-readable, never shows a secret.
     """
     lines = ["hosts:"]
+    broken: list[str] = []
     for name, host in settings.hosts.items():
         default = "  (default)" if name == settings.default_host else ""
         credential = "secret key" if host.auth == "account" else "client id"
@@ -239,9 +262,10 @@ def describe(settings: Settings) -> str:
                 rules = resolver._for_directory(folder, directory)
             except RuleFileError as exc:
                 lines += [f"    BROKEN, files below are not uploaded: {problem}" for problem in exc.problems]
+                broken += [problem for problem in exc.problems if problem not in broken]
                 continue
             lines += [f"    {line}" for line in _rule_lines(rules, settings)]
-    return "\n".join(lines)
+    return "\n".join(lines), broken
 
 
 def _directories_with_rules(folder: FolderSettings) -> list[Path]:

@@ -139,6 +139,8 @@ class Emulator:
 def serve_forever(port: int, host: str = "127.0.0.1") -> None:
     """Serve both APIs until Ctrl-C or SIGTERM, after printing the URLs and a config snippet.
 
+    Raise OSError, as binding does, if it cannot listen on `host`:`port`.
+
     The handlers are installed explicitly: a process started in the background by a
     non-interactive shell inherits SIGINT as ignored, and must still stop on it.
     """
