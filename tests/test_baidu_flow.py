@@ -370,3 +370,63 @@ def test_a_failing_baidu_is_left_alone_until_its_backoff_ends_not_tried_batch_by
     now[0] += 86_400
     assert Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None).sync() == 0
     assert sum(len(c.items) for c in pushes(emulator) if c.errno == 0) == 100
+
+
+def test_refused_submissions_name_their_files_and_are_retried_one_by_one(
+    setup: tuple[Path, Path, Path], emulator: Emulator
+) -> None:
+    config, public, _private = setup
+    emulator.set_faults(reject_titles_containing="forbidden")
+    for n in range(22):
+        (public / f"forbidden{n:02d}.png").write_bytes(png(n + 1, 6))
+    result = run_cli("sync", "-c", str(config))
+    assert result.returncode == 1
+    assert f"Baidu push of {public / 'forbidden00.png'} (id " in result.stderr  # the log names the file
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert len(status["baidu_failures"]) == 20 and status["baidu_failures_total"] == 22
+    assert {f["path"] for f in status["baidu_failures"]} < {str(p) for p in public.glob("*.png")}
+    public_folder = status["folders"][0]
+    assert public_folder["files"]["done"] == 22 and public_folder["baidu_failed"] == 22
+    human = run_cli("status", "-c", str(config)).stdout
+    assert str(public / "forbidden21.png") in human and "… and 2 more Baidu failures (22 in all)" in human
+
+    emulator.set_faults(reject_titles_containing=None)
+    retried = run_cli("retry", "-c", str(config), str(public / "forbidden03.png"))
+    assert retried.returncode == 0 and "1 queued again" in retried.stdout, retried.stderr
+    run_cli("sync", "-c", str(config))
+    assert [item["title"] for item in emulator.baidu_index().values()] == ["forbidden03 in high resolution"]
+    assert json.loads(run_cli("status", "-c", str(config), "--json").stdout)["baidu_failures_total"] == 21
+
+
+def test_forgetting_a_submitted_file_withdraws_its_old_baidu_entry(
+    setup: tuple[Path, Path, Path], emulator: Emulator
+) -> None:
+    config, public, _private = setup
+    (public / "again.png").write_bytes(png(3, 3))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    (old_id,) = emulator.baidu_index()
+    result = run_cli("forget", "-c", str(config), str(public / "again.png"))
+    assert result.returncode == 0 and old_id in result.stdout, result.stderr
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert [call.items for call in deletes(emulator)] == [[{"type": "id", "key": old_id}]]
+    (new_id,) = emulator.baidu_index()  # uploaded and pushed again, as a new file
+    assert new_id != old_id
+    assert json.loads(sidecar_of(public / "again.png").read_text(encoding="utf-8"))["baidu"]["id"] == new_id
+
+
+def test_forget_refuses_to_orphan_an_entry_the_rules_keep_unless_forced(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    folder = tmp_path / "kept"
+    folder.mkdir()
+    folders = [{"path": folder, "rules": {"delete": False}}]
+    config = write_config(tmp_path / "c.yaml", emulator, folders, state_dir=tmp_path / "s")
+    (folder / "k.png").write_bytes(png(4, 4))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    refused = run_cli("forget", "-c", str(config), str(folder / "k.png"))
+    assert refused.returncode == 1
+    assert "delete: false" in refused.stderr and "--force" in refused.stderr
+    forced = run_cli("forget", "-c", str(config), "--force", str(folder / "k.png"))
+    assert forced.returncode == 0 and "forgotten" in forced.stdout
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert deletes(emulator) == [] and len(emulator.baidu_index()) == 2  # as the user chose

@@ -42,7 +42,10 @@ def published_then_mostly_deleted(
     assert run_cli("sync", "-c", str(config)).returncode == 0
     for path in files[:deleted]:
         path.unlink()
-    assert run_cli("sync", "-c", str(config)).returncode == 0
+    held = run_cli("sync", "-c", str(config))
+    assert held.returncode == 1, "deletions waiting for a person are work not done"
+    assert f"; {deleted} deletions held" in held.stderr
+    assert f"run `watchd confirm-deletes -c {config}`" in held.stderr
     assert not [c for c in emulator.baidu_calls() if c.endpoint == "delPic"]
     status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
     assert status["queue"]["held_deletes"] == deleted

@@ -184,7 +184,7 @@ def test_a_push_in_flight_when_its_file_is_deleted_never_returns_and_its_withdra
     journal: Journal, outcome: str
 ) -> None:
     row, push = _queued_push(journal)
-    assert journal.mark_sending([push.id]) == [push.id]
+    assert journal.mark_sending([push.id]) == ([push.id], set())
     journal.tombstone(row.id, withdraw=True)  # while the pushPic call is in flight
     if outcome == "transient":
         journal.outbox_retry([push.id], "timed out", 0.0)
@@ -202,7 +202,7 @@ def test_a_push_in_flight_when_its_file_is_deleted_never_returns_and_its_withdra
 def test_a_push_cancelled_after_it_was_picked_is_not_marked_sending(journal: Journal) -> None:
     row, push = _queued_push(journal)
     journal.tombstone(row.id, withdraw=True)  # between the batcher's due_outbox and mark_sending
-    assert journal.mark_sending([push.id]) == []
+    assert journal.mark_sending([push.id]) == ([], set())
     assert journal.outbox_depth() == 0  # never sent, so nothing to withdraw
 
 
@@ -219,6 +219,27 @@ def test_baidu_may_hold_an_id_from_the_moment_its_push_is_marked_sending(journal
     journal.mark_sending([delete.id])
     journal.outbox_sent([delete], "2026-11-23T10:00:02Z")
     assert journal.get_by_id(row.id).baidu_may_hold == 0  # type: ignore[union-attr]
+
+
+def test_a_push_queued_while_the_files_first_push_is_in_flight_is_sent_as_a_modification(
+    journal: Journal,
+) -> None:
+    row, first = _queued_push(journal)  # the first upload's push...
+    assert journal.mark_sending([first.id]) == ([first.id], set())
+    journal.record_published(row.id, UPLOAD, "/w/a.png.link.json", {"id": row.baidu_id, "title": "b"})
+    (second,) = journal.due_outbox(
+        "push", now=1e12, limit=20
+    )  # ...and the rewritten file's, queued meanwhile
+    assert journal.mark_sending([second.id]) == ([second.id], {second.id})
+
+
+def test_queue_push_adds_one_only_when_none_is_on_its_way(journal: Journal) -> None:
+    row, push = _queued_push(journal)
+    assert not journal.queue_push(row.id, {"id": row.baidu_id, "title": "c"})
+    journal.mark_sending([push.id])
+    assert not journal.queue_push(row.id, {"id": row.baidu_id, "title": "c"})
+    journal.outbox_sent([push], "2026-11-23T10:00:01Z")
+    assert journal.queue_push(row.id, {"id": row.baidu_id, "title": "c"})
 
 
 def test_migration_4_marks_what_baidu_may_hold_and_drops_pushes_of_deleted_files(tmp_path: Path) -> None:
@@ -255,3 +276,56 @@ def test_a_retried_sidecar_step_counts_its_attempts_so_its_backoff_grows(journal
     assert (stored := journal.get_by_id(row.id)) is not None and stored.attempts == 2
     journal.record_retry(row.id, j.PENDING, "transient", "timeout", 12.0)  # counted when claimed
     assert (stored := journal.get_by_id(row.id)) is not None and stored.attempts == 2
+
+
+def test_forgetting_a_file_baidu_may_hold_keeps_a_tombstone_and_withdraws_its_id(journal: Journal) -> None:
+    row, push = _queued_push(journal)
+    journal.mark_sending([push.id])
+    journal.outbox_sent([push], "2026-11-23T10:00:01Z")
+    journal.forget(row.id, withdraw=True)
+    assert journal.get("/w/a.png") is None  # seen again, it is a new file with a new Baidu id
+    tombstone = journal.get_by_id(row.id)
+    assert tombstone is not None and (tombstone.state, tombstone.last_path) == (j.DELETED, "/w/a.png")
+    (delete,) = journal.due_outbox("delete", now=1e12, limit=10)
+    assert delete.baidu_id == row.baidu_id
+    assert journal.add("/w/a.png", "/w", 10, 20, None).baidu_id != row.baidu_id
+
+
+def test_forgetting_a_file_never_sent_to_baidu_drops_every_trace(journal: Journal) -> None:
+    row, _push = _queued_push(journal)  # queued, never marked sending: Baidu cannot hold it
+    journal.forget(row.id, withdraw=True)
+    assert journal.get_by_id(row.id) is None and journal.outbox_depth() == 0
+
+
+def test_retry_file_queues_only_that_files_failed_baidu_items(journal: Journal) -> None:
+    rows = []
+    for name in ("a", "b"):
+        row = journal.add(f"/w/{name}.png", "/w", 10, 20, None)
+        journal.record_published(row.id, UPLOAD, f"/w/{name}.png.link.json", {"id": row.baidu_id})
+        rows.append(row)
+    for push in journal.due_outbox("push", now=1e12, limit=20):
+        journal.mark_sending([push.id])
+        journal.outbox_failed(push, "refused")
+    assert journal.retry_file(rows[0].id) == 1
+    assert [p.file_id for p in journal.due_outbox("push", now=1e12, limit=20)] == [rows[0].id]
+    assert [f.file_id for f in journal.outbox_failures()] == [rows[1].id]
+    assert journal.retry_file(rows[0].id) == 0  # nothing of it has failed any more
+
+
+def test_retry_rebuilds_a_push_that_failed_local_validation_and_resends_failed_withdrawals(
+    journal: Journal,
+) -> None:
+    local = journal.add("/w/a.png", "/w", 10, 20, None)
+    journal.record_published(local.id, UPLOAD, "/w/a.png.link.json", None, push_error="title too long")
+    gone = journal.add("/w/b.png", "/w", 1, 1, None)
+    journal.record_published(gone.id, UPLOAD, "/w/b.png.link.json", {"id": gone.baidu_id})
+    (push,) = journal.due_outbox("push", now=1e12, limit=20)
+    journal.mark_sending([push.id])
+    journal.outbox_sent([push], "2026-11-23T10:00:01Z")
+    journal.tombstone(gone.id, withdraw=True)
+    (delete,) = journal.due_outbox("delete", now=1e12, limit=10)
+    journal.mark_sending([delete.id])
+    journal.outbox_failed(delete, "refused")
+    assert journal.retry_failed() == 2
+    assert journal.get_by_id(local.id).state == j.UPLOADED  # type: ignore[union-attr]
+    assert [d.baidu_id for d in journal.due_outbox("delete", now=1e12, limit=10)] == [gone.baidu_id]

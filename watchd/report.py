@@ -28,6 +28,9 @@ def build_status(settings: Settings, journal: Journal, now: float | None = None)
     now = time.time() if now is None else now
     counts = journal.counts()
     by_root = journal.counts_by_root()
+    baidu_by_root = journal.baidu_failures_by_root()
+    baidu_failures = journal.outbox_failures()
+    failed_files = journal.get_by_ids({row.file_id for row in baidu_failures})  # the outbox keeps its file
     pauses = {p.name: {"kind": p.kind, "until": _iso(p.until), "reason": p.reason} for p in journal.pauses()}
     hosts = {}
     for name, host in settings.hosts.items():
@@ -64,6 +67,8 @@ def build_status(settings: Settings, journal: Journal, now: float | None = None)
                 "path": str(folder.path),
                 "available": folder.path.is_dir(),
                 "files": by_root.get(str(folder.path), dict.fromkeys(j.STATES, 0)),
+                # Apart from `files`: a file is done once uploaded with its sidecar, whatever Baidu said.
+                "baidu_failed": baidu_by_root.get(str(folder.path), 0),
             }
             for folder in settings.folders
         ],
@@ -82,22 +87,29 @@ def build_status(settings: Settings, journal: Journal, now: float | None = None)
             for row in journal.recent_failures()
         ],
         "baidu_failures": [
-            {"id": row.baidu_id, "action": row.action, "reason": row.reason}
-            for row in journal.outbox_failures()
+            {
+                "path": failed_files[row.file_id].path or failed_files[row.file_id].last_path,
+                "id": row.baidu_id,
+                "action": row.action,
+                "reason": row.reason,
+            }
+            for row in baidu_failures
         ],
+        "baidu_failures_total": sum(baidu_by_root.values()),  # the list holds the latest 20
     }
 
 
 def render_status(status: dict[str, Any], console: Console) -> None:
     """The same data as a few tables for people."""
     folders = Table(title="Folders", title_justify="left")
-    for column in ("folder", "available", *j.STATES):
-        folders.add_column(column, justify="right" if column in j.STATES else "left")
+    for column in ("folder", "available", *j.STATES, "baidu failed"):
+        folders.add_column(column, justify="left" if column in ("folder", "available") else "right")
     for folder in status["folders"]:
         folders.add_row(
             Text(folder["path"]),  # plain text: a path like "[final] shots" is not markup
             "yes" if folder["available"] else "[red]NO[/red]",
             *(str(folder["files"][state]) for state in j.STATES),
+            f"[red]{folder['baidu_failed']}[/red]" if folder["baidu_failed"] else "0",
         )
     console.print(folders)
     services = Table(title="Services", title_justify="left")
@@ -142,8 +154,13 @@ def render_status(status: dict[str, Any], console: Console) -> None:
         for row in status["recent_failures"]:
             failures.add_row(Text(row["path"]), row["state"], Text(row["reason"] or ""))
         for row in status["baidu_failures"]:
-            failures.add_row(f"baidu {row['action']} {row['id']}", "failed", Text(row["reason"] or ""))
+            failures.add_row(Text(row["path"]), f"baidu {row['action']} failed", Text(row["reason"] or ""))
         console.print(failures)
+        if more := status["baidu_failures_total"] - len(status["baidu_failures"]):
+            console.print(
+                f"… and {more} more Baidu failures ({status['baidu_failures_total']} in all): "
+                "`watchd retry --failed` sends them all again, `watchd retry PATH` one file's."
+            )
     else:
         console.print("No problems recorded.")
 

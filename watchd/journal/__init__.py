@@ -7,6 +7,7 @@ moment is resumed from the journal on the next start:
        ▲                   │                                 │ content changed
        └── transient ◄─────┘──► failed (permanent, reason)   └──► pending (same row, same Baidu id)
     any state ──original deleted──► tombstone (path NULL, last_path kept, Baidu delete queued)
+    any state ──`watchd forget`──► gone, or a tombstone if Baidu may hold its id (see `forget`)
 
 The Baidu outbox (`outbox`) holds push and delete intents, one row per item, so batches are
 rebuilt from the journal after a restart. `services` holds pauses (quota until its reset,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator
 
 from watchd.journal._outbox import queue_outbox
 from watchd.journal._services import count_quota
@@ -274,9 +274,24 @@ class Files(Store):
                 (new_path, new_path, root, sidecar_path, time.time(), file_id),
             )
 
-    def forget(self, file_id: int) -> None:
-        """Drop every trace of a file (`watchd forget`): it will be treated as new if seen again."""
+    def path_of(self, file_id: int) -> str:
+        """Where the file is, or was last (a deleted file), for messages; "#id" if unknown."""
+        with self._lock:
+            row = self._db.execute("SELECT path, last_path FROM files WHERE id = ?", (file_id,)).fetchone()
+        return str(row[0] or row[1]) if row else f"#{file_id}"
+
+    def forget(self, file_id: int, *, withdraw: bool = False) -> None:
+        """Drop a file (`watchd forget`): it will be treated as new if seen again.
+
+        A file Baidu may hold (`baidu_may_hold`) is not dropped but becomes a tombstone, as if
+        deleted, with its withdrawal queued if `withdraw`: its id is never lost while Baidu may
+        show it, and the outbox keeps its file. Every other trace is removed.
+        """
         with self._write() as db:
+            row = db.execute("SELECT baidu_may_hold FROM files WHERE id = ?", (file_id,)).fetchone()
+            if row and row[0]:
+                self._tombstone(db, file_id, withdraw)
+                return
             db.execute("DELETE FROM outbox WHERE file_id = ?", (file_id,))
             db.execute("DELETE FROM files WHERE id = ?", (file_id,))
 
@@ -287,19 +302,23 @@ class Files(Store):
         is over (`Outbox`), and since one flush runs at a time the withdrawal goes out after it.
         Only what Baidu may hold (`baidu_may_hold`: a push was ever marked sending) is withdrawn.
         """
-        now = time.time()
         with self._write() as db:
-            db.execute(
-                "UPDATE files SET path = NULL, state = ?, missing_since = NULL, updated_at = ? WHERE id = ?",
-                (DELETED, now, file_id),
-            )
-            db.execute(
-                "DELETE FROM outbox WHERE file_id = ? AND action = 'push' AND state IN (?, ?, ?)",
-                (file_id, QUEUED, HELD, FAILED),
-            )
-            row = db.execute("SELECT baidu_id, baidu_may_hold FROM files WHERE id = ?", (file_id,)).fetchone()
-            if withdraw and row and row[1]:
-                queue_outbox(db, file_id, "delete", row[0], None, now)
+            self._tombstone(db, file_id, withdraw)
+
+    @staticmethod
+    def _tombstone(db: sqlite3.Connection, file_id: int, withdraw: bool) -> None:
+        now = time.time()
+        db.execute(
+            "UPDATE files SET path = NULL, state = ?, missing_since = NULL, updated_at = ? WHERE id = ?",
+            (DELETED, now, file_id),
+        )
+        db.execute(
+            "DELETE FROM outbox WHERE file_id = ? AND action = 'push' AND state IN (?, ?, ?)",
+            (file_id, QUEUED, HELD, FAILED),
+        )
+        row = db.execute("SELECT baidu_id, baidu_may_hold FROM files WHERE id = ?", (file_id,)).fetchone()
+        if withdraw and row and row[1]:
+            queue_outbox(db, file_id, "delete", row[0], None, now)
 
     def release_deferred(self, kind: str) -> int:
         """Make files deferred for `kind` (e.g. a configuration pause) due again now."""
@@ -309,17 +328,39 @@ class Files(Store):
                 (PENDING, UPLOADED, kind),
             ).rowcount
 
-    def retry_failed(self, paths: Sequence[str] | None = None) -> int:
-        """Queue failed files (all, or those at `paths`) again; returns how many."""
-        sql = "UPDATE files SET state = ?, attempts = 0, next_attempt_at = 0 WHERE state = ?"
-        args: list[object] = [PENDING, FAILED]
+    def retry_failed(self) -> int:
+        """Queue every failed file and failed Baidu item again; returns how many."""
         with self._write() as db:
-            if paths is None:
-                n = db.execute(sql, args).rowcount
-                n += db.execute(
-                    "UPDATE outbox SET state = ?, next_attempt_at = 0 "
-                    "WHERE state = ? AND payload IS NOT NULL",
-                    (QUEUED, FAILED),
-                ).rowcount
-                return n
-            return sum(db.execute(sql + " AND path = ?", (*args, path)).rowcount for path in paths)
+            return _retry(db, None)
+
+    def retry_file(self, file_id: int) -> int:
+        """Queue one file again if it failed, and its failed Baidu items; returns how many
+        (0: nothing of it had failed)."""
+        with self._write() as db:
+            return _retry(db, file_id)
+
+
+def _retry(db: sqlite3.Connection, file_id: int | None) -> int:
+    """Failed files (all, or the one `file_id`) back to pending and their failed Baidu items
+    back to the queue, in `db`'s open transaction; returns how many.
+
+    A push that failed local validation was never sent and holds no payload: its file goes
+    back to the sidecar step, which builds the push again from the rules as they are now.
+    """
+    file, item, args = ("", "", ()) if file_id is None else (" AND id = ?", " AND file_id = ?", (file_id,))
+    n = db.execute(
+        f"UPDATE files SET state = ?, attempts = 0, next_attempt_at = 0 WHERE state = ?{file}",
+        (PENDING, FAILED, *args),
+    ).rowcount
+    n += db.execute(
+        "UPDATE files SET state = ?, attempts = 0, next_attempt_at = 0 "
+        "WHERE state = ? AND path IS NOT NULL AND id IN (SELECT file_id FROM outbox "
+        f"WHERE state = ? AND action = 'push' AND payload IS NULL{item})",
+        (UPLOADED, DONE, FAILED, *args),
+    ).rowcount
+    n += db.execute(
+        "UPDATE outbox SET state = ?, next_attempt_at = 0 "
+        f"WHERE state = ? AND (action = 'delete' OR payload IS NOT NULL){item}",
+        (QUEUED, FAILED, *args),
+    ).rowcount
+    return n

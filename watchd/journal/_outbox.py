@@ -69,6 +69,19 @@ class Outbox(Store):
             for r in rows
         ]
 
+    def queue_push(self, file_id: int, payload: dict[str, object]) -> bool:
+        """Queue a push of a file unless one is already on its way; returns whether it was queued."""
+        with self._write() as db:
+            pending = db.execute(
+                "SELECT 1 FROM outbox WHERE file_id = ? AND action = 'push' AND state IN (?, ?, ?)",
+                (file_id, QUEUED, SENDING, HELD),
+            ).fetchone()
+            row = db.execute("SELECT baidu_id FROM files WHERE id = ?", (file_id,)).fetchone()
+            if pending or row is None:
+                return False
+            queue_outbox(db, file_id, "push", row[0], payload, time.time())
+            return True
+
     def outbox_depth(self, action: str | None = None) -> int:
         sql = "SELECT COUNT(*) FROM outbox WHERE state IN (?, ?, ?)"
         args: list[object] = [QUEUED, SENDING, HELD]
@@ -82,10 +95,15 @@ class Outbox(Store):
         """The earliest next-attempt time of queued Baidu items, None if none is queued."""
         return self._minimum("SELECT MIN(next_attempt_at) FROM outbox WHERE state = ?", (QUEUED,))
 
-    def mark_sending(self, ids: Sequence[int], quota: tuple[str, str] | None = None) -> list[int]:
-        """Intent: these outbox items are about to be sent; returns those still queued, the
-        only ones to send (a push cancelled since it was picked, its file deleted, is not).
+    def mark_sending(
+        self, ids: Sequence[int], quota: tuple[str, str] | None = None
+    ) -> tuple[list[int], set[int]]:
+        """Intent: these outbox items are about to be sent. Returns those still queued, the
+        only ones to send (a push cancelled since it was picked, its file deleted, is not),
+        and the pushes among them of files Baidu may already hold: they say `modify`.
 
+        That is decided here, not when the push was queued: a file rewritten while its first
+        upload ran queues its second push before the first one goes out.
         From here Baidu may hold a pushed id, whatever becomes of the call, so `baidu_may_hold`
         is set in the same transaction: a later push of the file says `modify`, a deletion
         withdraws it. `quota` (service, day) counts the items against that day's quota.
@@ -101,6 +119,15 @@ class Outbox(Store):
                     (SENDING, now, i, QUEUED),
                 ).rowcount
             ]
+            modifies = {
+                i
+                for i in marked
+                if db.execute(
+                    "SELECT 1 FROM outbox JOIN files ON files.id = outbox.file_id "
+                    "WHERE outbox.id = ? AND action = 'push' AND baidu_may_hold",
+                    (i,),
+                ).fetchone()
+            }
             db.executemany(
                 "UPDATE files SET baidu_may_hold = 1 "
                 "WHERE id = (SELECT file_id FROM outbox WHERE id = ? AND action = 'push')",
@@ -108,7 +135,7 @@ class Outbox(Store):
             )
             if quota is not None:
                 count_quota(db, *quota, len(ids))
-        return marked
+        return marked, modifies
 
     def outbox_sent(self, rows: Sequence[OutboxRow], when: str) -> None:
         """Baidu has these items (or, for deletes, no longer has them): one transaction.

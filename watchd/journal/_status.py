@@ -36,6 +36,17 @@ class Status(Store):
             result.setdefault(root, dict.fromkeys(STATES, 0))[state] = n
         return result
 
+    def baidu_failures_by_root(self) -> dict[str, int]:
+        """Failed Baidu items (kept for `watchd retry`) per watched folder of their file,
+        withdrawals of deleted files included."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT files.root, COUNT(*) FROM outbox JOIN files ON files.id = outbox.file_id "
+                "WHERE outbox.state = ? GROUP BY files.root",
+                (FAILED,),
+            ).fetchall()
+        return {root: n for root, n in rows}
+
     def recent_failures(self, limit: int = 20) -> list[FileRow]:
         return self._many(
             "SELECT * FROM files WHERE state = ? OR (state IN (?, ?) AND reason IS NOT NULL) "
