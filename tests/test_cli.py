@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import StartDaemon, run_cli, write_config
 from tests.imagegen import png
+from watchd.cli import main
 from watchd.emulator import Emulator
 
 
@@ -68,6 +70,56 @@ def test_check_reports_bad_yaml_with_its_position(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "c.yaml:" in result.stderr
     assert "line" in result.stderr.lower() or ":3" in result.stderr or ":4" in result.stderr
+
+
+def test_check_with_a_broken_rule_file_prints_the_report_and_fails(
+    tmp_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "pics"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / ".watchd.yaml").write_text('titel: "{stem} x"\n', encoding="utf-8")
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    assert main(["check", "-c", str(config)]) == 2
+    out, err = capsys.readouterr()
+    assert f"folder {folder}" in out and "BROKEN, files below are not uploaded" in out  # the whole report
+    assert "config OK" not in out
+    assert f"{folder / 'a' / '.watchd.yaml'}:1: titel: unknown key" in err
+
+
+def test_emulator_that_cannot_listen_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["emulator", "--port", port]) == 2
+    assert capsys.readouterr().err == (
+        f"watchd: emulator: cannot listen on 127.0.0.1:{port}: Address already in use; "
+        "pick another --port, or stop what listens there\n"
+    )
+    assert main(["emulator", "--port", "0", "--host", "no.such.host.invalid"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("watchd: emulator: cannot listen on no.such.host.invalid:0: ")
+    assert err.count("\n") == 1
+    assert "pass --host a name or address of this machine" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["emulator", "--port", "99999"])
+    assert exit_info.value.code == 2
+    assert "argument --port: '99999' is not a port: use a number from 0 to 65535" in capsys.readouterr().err
+
+
+def test_demo_in_a_file_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_bytes(b"")
+    assert main(["demo", "--dir", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err == (
+        f"watchd: demo: cannot watch {tmp_path / 'afile'}: it exists and is not a folder; "
+        "pass --dir a folder to watch (it is created if missing)\n"
+    )
+
+
+def test_every_argument_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["forget", "--help"])
+    assert "files to drop, as they are or were on disk" in capsys.readouterr().out
 
 
 def test_status_json_retry_and_forget(tmp_path: Path, emulator: Emulator) -> None:
@@ -145,6 +197,7 @@ def test_status_json_has_a_stable_schema(tmp_path: Path, emulator: Emulator) -> 
         "paused",
         "recent_failures",
         "baidu_failures",
+        "baidu_failures_total",
     }
     assert set(status["files"]) == {"pending", "uploading", "uploaded", "done", "failed", "deleted"}
     assert set(status["queue"]) == {"uploads", "baidu", "held_deletes"}
@@ -239,3 +292,38 @@ def test_commands_that_only_read_the_journal_need_no_secrets(
     for command in (["status"], ["status", "--json"], ["retry", "--failed"], ["confirm-deletes"]):
         result = run_cli(*command, "-c", str(config))
         assert result.returncode == 0, (command, result.stderr)
+
+
+def test_retry_says_why_a_named_file_was_not_queued(tmp_path: Path, emulator: Emulator) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    (folder / "bad.png").write_bytes(b"nope")
+    (folder / "ok.png").write_bytes(png(4, 4))
+    assert run_cli("sync", "-c", str(config)).returncode == 1
+    result = run_cli("retry", "-c", str(config), str(folder / "bad.png"), str(folder / "ok.png"), "/nope.png")
+    assert result.returncode == 1, "a named file was not queued"
+    assert "1 queued again" in result.stdout
+    assert f"{folder / 'ok.png'}: nothing queued: not failed: it is done" in result.stderr
+    assert "/nope.png: nothing queued: not in the journal" in result.stderr
+    assert str(folder / "bad.png") not in result.stderr
+    both = run_cli("retry", "-c", str(config), "--failed", str(folder / "bad.png"))
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_sync_fails_and_says_so_when_a_watched_folder_is_unavailable(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    here, missing = tmp_path / "here", tmp_path / "not-mounted"
+    here.mkdir()
+    config = write_config(
+        tmp_path / "c.yaml", emulator, [{"path": here}, {"path": missing}], state_dir=tmp_path / "s"
+    )
+    (here / "a.png").write_bytes(png(4, 4))
+    result = run_cli("sync", "-c", str(config), "--log-level", "warning")
+    assert result.returncode == 1
+    assert "sync: 1 published, 0 failed" in result.stderr
+    assert "; 1 watched folder unavailable" in result.stderr
+    assert f"sync: watched folder {missing} is unavailable" in result.stderr
+    missing.mkdir()
+    assert run_cli("sync", "-c", str(config)).returncode == 0

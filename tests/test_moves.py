@@ -7,6 +7,7 @@ broken rule file touching a published file, and a rule file saved by rename.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -250,6 +251,7 @@ def start_patched(tmp_path: Path, start_daemon: StartDaemon, config: Path, patch
 
 
 DIE_AFTER_RECORDING_A_MOVE = """
+import json
 import os
 from watchd.journal import Journal
 
@@ -346,3 +348,54 @@ def test_a_move_found_by_a_rescan_while_a_push_is_being_recorded_does_not_deadlo
         "e.png",
         "e.png.link.json",
     ]
+
+
+def _drafts_and_public(tmp_path: Path, emulator: Emulator) -> tuple[Path, Path, Path, Path]:
+    """A `baidu: false` drafts folder and a public one, as config.example.yaml suggests."""
+    drafts, public = tmp_path / "drafts", tmp_path / "public"
+    drafts.mkdir()
+    public.mkdir()
+    state = tmp_path / "state"
+    folders = [{"path": drafts, "rules": {"baidu": False}}, {"path": public}]
+    return drafts, public, state, write_config(tmp_path / "c.yaml", emulator, folders, state_dir=state)
+
+
+def test_a_draft_moved_to_a_public_folder_is_submitted_to_baidu_without_a_reupload(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    drafts, public, _state, config = _drafts_and_public(tmp_path, emulator)
+    daemon = start_daemon(config)
+    (drafts / "cat.png").write_bytes(png(10, 10))
+    wait_for(lambda: sidecar_of(drafts / "cat.png").exists(), timeout=20)
+    os.rename(drafts / "cat.png", public / "cat.png")
+    wait_for(lambda: len(emulator.baidu_index()) == 1, timeout=20)
+    wait_for(lambda: "baidu" in json.loads(sidecar_of(public / "cat.png").read_text(encoding="utf-8")))
+    assert len(emulator.uploads()) == 1 and not any(drafts.iterdir())
+    os.rename(public / "cat.png", drafts / "cat.png")  # back to drafts: Baidu keeps it...
+    wait_for(lambda: sidecar_of(drafts / "cat.png").exists(), timeout=20)
+    (drafts / "cat.png").unlink()  # ...until the original is deleted, even from a `baidu: false` folder
+    wait_for(lambda: emulator.baidu_index() == {}, timeout=20)
+    assert daemon.stop() == 0
+
+
+def test_a_file_rewritten_while_its_first_upload_runs_leaves_baidu_with_the_new_image(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    """Every answer takes 2 s and a push lingers 1 s, so the first push is in flight when the
+    rewritten file's push is queued: that one must say `modify`, or Baidu keeps the old image."""
+    folder = tmp_path / "w"
+    folder.mkdir()
+    state = tmp_path / "state"
+    start_daemon(write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state, linger=1.0))
+    emulator.set_faults(latency=2.0)
+    (folder / "a.png").write_bytes(png(10, 10))
+    wait_for(lambda: states(state).get(str(folder / "a.png")) == "uploading", timeout=10)
+    (folder / "a.png").write_bytes(png(20, 20))
+    wait_for(lambda: len(emulator.uploads()) == 2, timeout=30)
+    new_link = emulator.uploads()[1].link
+    wait_for(lambda: new_link in sidecar_of(folder / "a.png").read_text(encoding="utf-8"), timeout=30)
+    wait_for(lambda: [i.get("objurl") for i in emulator.baidu_index().values()] == [new_link], timeout=30)
+    pushes = [
+        (c.items[0]["extra"]["modify"], c.errno) for c in emulator.baidu_calls() if c.endpoint == "pushPic"
+    ]
+    assert pushes in ([("0", 0)], [("0", 0), ("1", 0)]), pushes

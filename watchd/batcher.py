@@ -158,7 +158,7 @@ class BaiduBatcher:
         if action == "push" and quota is None:
             self._pause_for_quota(ids, f"daily Baidu quota of {self.quota.limit} images used up")
             return
-        ids = self.journal.mark_sending(ids, quota)
+        ids, modifies = self.journal.mark_sending(ids, quota)
         if len(ids) < len(rows):  # cancelled since they were picked (a push of a deleted file)
             if quota is not None:
                 self.quota.give_back(quota, len(rows) - len(ids))
@@ -168,7 +168,7 @@ class BaiduBatcher:
                 return
         call: Callable[[], list[ItemResult]]
         if action == "push":
-            items = [_push_item(row) for row in rows]
+            items = [_push_item(row, row.id in modifies) for row in rows]
             call = lambda: self.indexer.push(items)  # noqa: E731
         else:
             keys = [row.baidu_id for row in rows]
@@ -227,7 +227,16 @@ class BaiduBatcher:
             if isinstance(error, PermanentFileError):
                 self.journal.outbox_failed(row, error.message)
                 self.outcomes["failed"] += 1
-                log.warning("Baidu %s of %s failed: %s", action, row.baidu_id, error.message)
+                path = self.journal.path_of(row.file_id)
+                again = path if action == "push" else "--failed"  # a deleted file has no path to name
+                log.warning(
+                    "Baidu %s of %s (id %s) failed: %s; `watchd retry %s` sends it again",
+                    action,
+                    path,
+                    row.baidu_id,
+                    error.message,
+                    again,
+                )
             else:
                 retry_at = self.pipeline.retry.next_attempt_at(row.attempts + 1, error)
                 self.journal.outbox_retry([row.id], str(error), retry_at)
@@ -256,7 +265,8 @@ class BaiduBatcher:
         )
 
 
-def _push_item(row: OutboxRow) -> PushItem:
+def _push_item(row: OutboxRow, modify: bool) -> PushItem:
     payload = dict(row.payload or {})
     payload["tags"] = tuple(payload.get("tags") or ())  # type: ignore[arg-type]
+    payload["modify"] = modify
     return PushItem(**payload)  # type: ignore[arg-type]

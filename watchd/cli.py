@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import sqlite3
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 from watchd import __version__
 from watchd.config import Settings, default_config_path, load_settings
 from watchd.errors import ConfigError, WatchdError
-from watchd.journal import JOURNAL_NAME, Journal
+from watchd.journal import DONE, JOURNAL_NAME, FileRow, Journal
 from watchd.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -77,18 +78,34 @@ def _parser() -> argparse.ArgumentParser:
     command("check", _check, "validate the config and print the effective rules per folder")
     status = command("status", _status, "counts per state, queues, quotas and recent failures")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    retry = command("retry", _retry, "queue failed files again")
+    retry = command("retry", _retry, "queue failed files (and their failed Baidu items) again")
     retry.add_argument("paths", nargs="*", type=Path, help="files to retry")
     retry.add_argument("--failed", action="store_true", help="retry every failed file and Baidu item")
-    forget = command("forget", _forget, "drop a file from the journal (it is treated as new if seen again)")
-    forget.add_argument("paths", nargs="+", type=Path)
+    forget = command(
+        "forget",
+        _forget,
+        "drop a file from the journal (it is treated as new if seen again); its Baidu entry is withdrawn",
+    )
+    forget.add_argument("paths", nargs="+", type=Path, help="files to drop, as they are or were on disk")
+    forget.add_argument(
+        "--force",
+        action="store_true",
+        help="forget even a file whose Baidu entry would not be withdrawn (delete: false), leaving it",
+    )
     command("confirm-deletes", _confirm_deletes, "release deletions held by the mass-delete guard")
     emulator = command("emulator", _emulator, "run the local emulator of ImageBan and Baidu")
-    emulator.add_argument("--port", type=int, default=8088)
-    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=_port, default=8088, help="TCP port, 0 for any (default 8088)")
+    emulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     demo = command("demo", _demo, "try the whole pipeline against the built-in emulator, no account needed")
     demo.add_argument("--dir", type=Path, default=Path("watchd-demo"), help="the folder to watch")
     return parser
+
+
+def _port(text: str) -> int:
+    """A TCP port for argparse, which turns the error into a usage message (exit 2)."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: use a number from 0 to 65535")
+    return int(text)
 
 
 def _settings(args: argparse.Namespace, *, read_secrets: bool = True) -> Settings:
@@ -164,7 +181,23 @@ def _sync(args: argparse.Namespace) -> int:
             f"; Baidu: {baidu['submitted']} submitted, {baidu['withdrawn']} withdrawn, "
             f"{baidu['failed']} failed"
         )
+    if engine.held_deletes:
+        summary += f"; {engine.held_deletes} deletions held"
+    if n := len(engine.unavailable):
+        summary += f"; {n} watched folder{'' if n == 1 else 's'} unavailable"
     print(summary, file=sys.stderr)
+    if engine.held_deletes:
+        print(
+            f"sync: {engine.held_deletes} deletions are held by the mass-delete guard: if they are "
+            f"intended, run `watchd confirm-deletes -c {settings.config_path}`; otherwise restore the files",
+            file=sys.stderr,
+        )
+    for folder in engine.unavailable:
+        print(
+            f"sync: watched folder {folder} is unavailable (missing, unreadable or not mounted): "
+            "nothing in it was done; mount or restore it, or fix its path in the config",
+            file=sys.stderr,
+        )
     if code:
         print("sync: see `watchd status` for the reasons", file=sys.stderr)
     return code
@@ -174,7 +207,10 @@ def _check(args: argparse.Namespace) -> int:
     from watchd.rules import describe
 
     settings = _settings(args)
-    print(describe(settings))
+    text, broken = describe(settings)
+    print(text, flush=True)
+    if broken:  # the report above is still worth reading; the exit code says it is not OK
+        raise ConfigError(broken)
     print(f"config OK: {settings.config_path}")
     return 0
 
@@ -217,28 +253,83 @@ def _status_before_first_run(settings: Settings) -> dict[str, object]:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    if not args.paths and not args.failed:
-        print("watchd retry: name files to retry, or pass --failed for all of them", file=sys.stderr)
+    if args.failed == bool(args.paths):
+        print(
+            "watchd retry: name the files to retry, or pass --failed for all of them (not both)",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     with _journal(_settings(args, read_secrets=False)) as journal:
-        paths = None if args.failed else [str(p.resolve()) for p in args.paths]
-        n = journal.retry_failed(paths)
+        if args.failed:
+            n = journal.retry_failed()
+        else:
+            n = skipped = 0
+            for path in args.paths:
+                row = journal.get(str(path.resolve()))  # as the journal holds it: folders are resolved
+                queued = journal.retry_file(row.id) if row is not None else 0
+                if not queued:
+                    print(f"{path}: nothing queued: {_why_not_retried(row)}", file=sys.stderr)
+                    skipped += 1
+                n += queued
     print(f"{n} queued again; a running daemon picks them up, or run `watchd sync`")
-    return 0
+    return 1 if not args.failed and skipped else 0
+
+
+def _why_not_retried(row: FileRow | None) -> str:
+    if row is None:
+        return "not in the journal (a path outside the watched folders, excluded, or not seen yet)"
+    if row.state == DONE:
+        return "not failed: it is done (uploaded, sidecar written) and no Baidu item of it failed"
+    retried = f", retried on its own ({row.reason})" if row.reason else ""
+    return f"not failed: it is {row.state}{retried}"
 
 
 def _forget(args: argparse.Namespace) -> int:
-    missing = 0
-    with _journal(_settings(args, read_secrets=False)) as journal:
+    settings = _settings(args, read_secrets=False)
+    problems = 0
+    with _journal(settings) as journal:
         for path in args.paths:
             row = journal.get(str(path.resolve()))  # as the journal holds it: folders are resolved
             if row is None:
                 print(f"{path}: not in the journal", file=sys.stderr)
-                missing += 1
+                problems += 1
                 continue
-            journal.forget(row.id)
-            print(f"{path}: forgotten")
-    return 1 if missing else 0
+            kept = _kept_in_baidu(settings, row.path or row.last_path) if row.baidu_may_hold else None
+            if kept and not args.force:
+                print(
+                    f"{path}: not forgotten: Baidu may hold it (id {row.baidu_id}) and {kept}, so that "
+                    "entry would stay for good and a second one be pushed when the file is seen again; "
+                    "pass --force to forget it anyway",
+                    file=sys.stderr,
+                )
+                problems += 1
+                continue
+            withdraw = bool(row.baidu_may_hold) and kept is None
+            journal.forget(row.id, withdraw=withdraw)
+            if withdraw:
+                print(
+                    f"{path}: forgotten; its Baidu entry (id {row.baidu_id}) is withdrawn by a running "
+                    "daemon within a minute, or by `watchd sync`"
+                )
+            else:
+                print(f"{path}: forgotten")
+    return 1 if problems else 0
+
+
+def _kept_in_baidu(settings: Settings, path: str) -> str | None:
+    """Why deleting the original at `path` would not withdraw it from Baidu (the rules
+    `Pipeline.retire` applies), or None when it would."""
+    from watchd.rules import RuleFileError, RuleResolver
+
+    if settings.baidu is None:
+        return "Baidu is not configured"
+    try:
+        rules = RuleResolver(settings).rules_for(Path(path))
+    except RuleFileError:
+        return None  # as for a deletion: withdrawn
+    if not rules.baidu:
+        return "its rules say baidu: false"
+    return None if rules.delete else "its rules say delete: false"
 
 
 def _confirm_deletes(args: argparse.Namespace) -> int:
@@ -251,7 +342,16 @@ def _confirm_deletes(args: argparse.Namespace) -> int:
 def _emulator(args: argparse.Namespace) -> int:
     from watchd.emulator import serve_forever
 
-    serve_forever(args.port, args.host)
+    try:
+        serve_forever(args.port, args.host)
+    except OSError as exc:  # binding: the port is taken or privileged, or the host is not ours
+        hint = {
+            errno.EADDRINUSE: "pick another --port, or stop what listens there",
+            errno.EACCES: "pick a --port above 1023",
+        }.get(exc.errno or 0, "pass --host a name or address of this machine, such as 127.0.0.1")
+        raise WatchdError(
+            f"emulator: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; {hint}"
+        ) from exc
     return 0
 
 

@@ -48,9 +48,11 @@ from watchd.upkeep import FolderUpkeep
 from watchd.watcher import (
     Arrived,
     Changed,
+    DirChanged,
     DirGone,
     Fact,
     Finished,
+    FolderBack,
     Gone,
     Moved,
     Rescan,
@@ -119,6 +121,8 @@ class Engine:
         self.http = HttpClient(timeout=_longest_timeout(settings), connect_timeout=10.0)
         self.outcomes: Counter[str] = Counter()
         self.left_queued = 0
+        self.held_deletes = 0  # after `sync`: deletions the mass-delete guard holds
+        self.unavailable: list[str] = []  # after `sync`: watched folders it could not reconcile
         self.last_error = ""
         self._facts: queue.SimpleQueue[Fact | Done | _TakeIn | _Control] = queue.SimpleQueue()
         self._stopping = False
@@ -231,18 +235,22 @@ class Engine:
     def sync(self) -> int:
         """One pass: reconcile every folder and do all work due now.
 
-        Returns 1 when anything failed in this pass or work is left queued (a retry or a
-        paused service), else 0.
+        Returns 1 when anything failed in this pass or work is left undone: queued (a retry or
+        a paused service), in a watched folder that is unavailable, or deletions held by the
+        mass-delete guard (they wait for a person, whom a cron job's exit code must reach);
+        else 0.
         """
         self._start(watch=False)
         self._loop(until_idle=True)
         counts = self.journal.counts()
         self.left_queued = counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]
         self.left_queued += self.journal.outbox_depth()  # Baidu items waiting (a pause, a retry)
+        self.held_deletes = self.journal.held_deletes()
+        self.unavailable = [str(f.path) for f in self.settings.folders if not self._available(str(f.path))]
         self._shutdown()
         baidu_failed = self.batcher.outcomes["failed"] if self.batcher is not None else 0
         failed = self.outcomes["failed"] or self.outcomes["error"] or baidu_failed
-        return 1 if failed or self.left_queued else 0
+        return 1 if failed or self.left_queued or self.held_deletes or self.unavailable else 0
 
     def _start(self, *, watch: bool) -> None:
         """Resume what a previous process left, start the threads, queue a full reconciliation."""
@@ -442,11 +450,14 @@ class Engine:
                 self.departures.gone([self.journal.get(path)])
             case DirGone(path):
                 if any(str(f.path) == path for f in self.settings.folders):
-                    log.error(
-                        "watched folder %s disappeared: nothing is withdrawn; restore or remount it", path
-                    )
+                    self.upkeep.folder_gone(path)  # watched anew once it is back (maybe already)
                 else:
                     self.departures.gone(self.journal.under(path))
+            case DirChanged():
+                self.upkeep.look_again()  # it may be an unreadable directory made readable
+            case FolderBack(path):
+                self.journal.rejudge_held_deletes()  # files back in it are not deleted after all
+                self._rescan(path)
             case Rescan(path):
                 self._rescan(path)
             case _TakeIn(paths):  # the sidecar lock first, as the batcher takes them (a move)
@@ -478,6 +489,8 @@ class Engine:
             self._note_change(path)
         elif result is Intake.FAILED:
             self._count("failed", path)
+        elif result is Intake.MOVED and self.batcher is not None:
+            self.batcher.pushes_queued()  # it may have been moved to where Baidu is wanted
 
     def _note_change(self, path: str, wait: float | None = None) -> None:
         if self.pipeline.ours(path):
@@ -511,7 +524,8 @@ class Engine:
                 self._hold(replaced.id, Moved(src, dest))
                 return
             self._retire(replaced)  # `mv a.png b.png` over a published b.png: b is deleted
-        self.pipeline.move(row, dest)
+        if self.pipeline.move(row, dest) and self.batcher is not None:
+            self.batcher.pushes_queued()
 
     def _departing(self, now: float) -> bool:
         """Whether vanished files wait to be retired: only in available folders, so a sync
@@ -545,6 +559,8 @@ class Engine:
                 self.pipeline.restore_sidecar(difference.path)
             elif difference.kind == "unrecordable":
                 self._skip_unrecordable(difference.path)
+            elif difference.kind == "unreadable":
+                self.upkeep.unreadable(difference.path)
             else:
                 found.append(difference.path)
         log.info("reconciled %s: %d new or changed files", root, len(found))

@@ -150,7 +150,11 @@ class Pipeline:
             return Intake.IGNORED
         if row is not None and row.missing_since is not None:
             self.journal.mark_missing(row.id, None)
-        if row is not None and (row.size, row.mtime_ns) == (info.st_size, info.st_mtime_ns):
+        if (
+            row is not None
+            and (row.size, row.mtime_ns) == (info.st_size, info.st_mtime_ns)
+            and row.error_kind != "unreadable"  # a chmod may have made it readable: look again
+        ):
             return Intake.UNCHANGED  # before the rules: a broken rule file must not fail a published file
         try:
             wanted = self.resolver.is_candidate(Path(path))
@@ -171,6 +175,9 @@ class Pipeline:
         except FileNotFoundError:
             return Intake.IGNORED  # deleted meanwhile: that is a fact of its own
         except PermanentFileError as exc:
+            if isinstance(exc.__cause__, PermissionError):  # its chmod is a `Changed`: taken in again
+                again = f"; it is taken in again once they are fixed (or run `watchd retry {path}`)"
+                return self._reject(path, root, info, exc.message + again, kind="unreadable")
             return self._reject(path, root, info, exc.message)
         if not image.complete:
             if not settled:
@@ -511,7 +518,7 @@ class Pipeline:
                 edit_time=row.mtime_ns // 1_000_000_000,
                 tags=tuple(rules.tags),
                 copyright=rules.copyright,
-                modify=bool(row.baidu_may_hold),
+                modify=False,  # decided when it is sent: `Outbox.mark_sending`
             )
             validate_push_item(item)
         except (PermanentFileError, ValueError) as exc:
@@ -522,19 +529,35 @@ class Pipeline:
 
     # -- moves and deletions -----------------------------------------------------------
 
-    def move(self, row: FileRow, dest: str) -> None:
+    def move(self, row: FileRow, dest: str) -> bool:
         """The original moved inside the watched folders: no re-upload, the sidecar follows.
 
         The new sidecar is written and the old one removed before the journal records the
         move; a crash before that record leaves the old path vanished and the new one
         unknown, which reconciliation pairs as the same move again. Once recorded, nothing
         would remember the old sidecar, so it must be gone by then.
+        A published file moved to where the rules submit to Baidu (drafts → public) is
+        submitted; returns whether a push was queued.
         """
         with self.sidecar_lock:
             row = self.journal.get_by_id(row.id) or row  # with a Baidu refresh recorded just now
-            self._move(row, dest)
+            published = self._move(row, dest)
+        moved = self.journal.get_by_id(row.id)
+        return published and moved is not None and self._submit_if_wanted_now(moved)
 
-    def _move(self, row: FileRow, dest: str) -> None:
+    def _submit_if_wanted_now(self, row: FileRow) -> bool:
+        """Queue a push of a published file that Baidu does not hold yet, if its rules want one."""
+        if row.baidu_may_hold or self.settings.baidu is None:
+            return False
+        try:
+            rules = self.resolver.rules_for(Path(row.last_path))
+        except RuleFileError:
+            return False  # the file's sidecar is retried and reported; the push waits for a fix
+        push, _error = self._push_payload(row, rules)
+        return push is not None and self.journal.queue_push(row.id, push)
+
+    def _move(self, row: FileRow, dest: str) -> bool:
+        """Returns whether the file is published (its sidecar in place) at `dest`."""
         folder = self.folder_for(dest)
         assert folder is not None
         root = str(folder.path)
@@ -547,27 +570,30 @@ class Pipeline:
                 # The old sidecar stays recorded, so writing the new one later removes it.
                 self.journal.move(row.id, dest, root, row.sidecar_path)
                 self.journal.record_retry(row.id, j.UPLOADED, "disk", str(exc), self.clock() + 10)
-                return
+                return False
         if row.sidecar_path and row.sidecar_path != sidecar:
             self._remove_old_sidecar(row.sidecar_path)
         self.journal.move(row.id, dest, root, sidecar)
         log.info("moved %s → %s (no re-upload)", row.last_path, dest)
+        return sidecar is not None
 
     def retire(self, row: FileRow) -> bool:
         """The original is gone for good: remove its sidecar, keep a tombstone, queue withdrawal.
 
-        Returns whether a Baidu withdrawal was queued.
+        What Baidu may hold is withdrawn unless `delete: false` where the file was last seen,
+        even where its rules now say `baidu: false` (it was submitted from somewhere else, or
+        before the rule changed). Returns whether a Baidu withdrawal may have been queued.
         """
         try:
-            rules = self.resolver.rules_for(Path(row.last_path))
-            withdraw = self.settings.baidu is not None and rules.baidu and rules.delete
+            withdraw = self.settings.baidu is not None and self.resolver.rules_for(Path(row.last_path)).delete
         except RuleFileError:
             withdraw = self.settings.baidu is not None
         with self.sidecar_lock:
             if row.sidecar_path:
                 self._remove_old_sidecar(row.sidecar_path)
             self.journal.tombstone(row.id, withdraw)
-        log.info("deleted: %s%s", row.last_path, " (withdrawal from Baidu queued)" if withdraw else "")
+        withdrawn = withdraw and row.baidu_may_hold  # what the journal's tombstone decides from
+        log.info("deleted: %s%s", row.last_path, " (withdrawal from Baidu queued)" if withdrawn else "")
         return withdraw
 
     def _remove_old_sidecar(self, sidecar: str) -> None:
