@@ -229,3 +229,22 @@ def test_a_firefox_download_is_published_without_reporting_its_empty_placeholder
     assert "is empty" not in daemon.log()
     assert json.loads(run_cli("status", "-c", str(config), "--json").stdout)["recent_failures"] == []
     assert daemon.stop() == 0
+
+
+def test_a_long_name_gets_its_sidecar_and_one_too_long_for_a_sidecar_fails_once_uploaded(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    folder, config = _folder_and_config(tmp_path, emulator)
+    fits = folder / ("f" * 230 + ".png")  # its sidecar fits in 255 bytes; its temp name would not
+    too_long = folder / ("t" * 246 + ".png")  # no sidecar name fits
+    fits.write_bytes(png(3, 3))
+    too_long.write_bytes(png(4, 4))
+    now = [time.time()]
+    assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 1
+    assert sidecar_of(fits).exists() and len(emulator.uploads()) == 2
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    (failure,) = status["recent_failures"]
+    assert "longer than a file name may be: shorten the file's name" in failure["reason"]
+    now[0] += 3600  # failed for good, not retried later (and never uploaded again)
+    assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 0
+    assert len(emulator.uploads()) == 2

@@ -10,6 +10,7 @@ journal states; the clients only classify.
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import os
 import stat
@@ -417,6 +418,13 @@ class Pipeline:
             push, push_error = self._push_payload(row, rules)
             sidecar = self.write_sidecar(row, rules)
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return self._unpublishable(
+                    row,
+                    upload,
+                    "its sidecar's name would be over 255 bytes, longer than a file name may be: "
+                    "shorten the file's name, or sidecar.name in the rules",
+                )
             reason = (
                 f"cannot write the sidecar next to {row.path}: {exc.strerror}; "
                 "free disk space or make the folder writable (retrying)"
@@ -428,11 +436,7 @@ class Pipeline:
             self.journal.record_retry(row.id, j.UPLOADED, "disk", reason, retry_at)
             return "retry"
         except ValueError as exc:  # the sidecar name template cannot name this file's sidecar
-            log.warning("not published: %s: %s", row.path, exc)
-            if upload is not None:
-                self.journal.record_uploaded(row.id, upload)
-            self.journal.record_failed(row.id, "permanent", f"{exc}: change sidecar.name in the rules")
-            return "failed"
+            return self._unpublishable(row, upload, f"{exc}: change sidecar.name in the rules")
         except BaseException:
             if upload is not None:
                 self.journal.record_uploaded(row.id, upload)
@@ -445,6 +449,14 @@ class Pipeline:
             self.journal.record_published(row.id, upload, str(sidecar), push, push_error)
         log.info("published %s → %s (sidecar %s)", row.path, row.link, sidecar.name, extra={"path": row.path})
         return "done"
+
+    def _unpublishable(self, row: FileRow, upload: UploadResult | None, reason: str) -> str:
+        """No sidecar can be written for this file as it is named: failed, its upload kept."""
+        log.warning("not published: %s: %s", row.path, reason)
+        if upload is not None:
+            self.journal.record_uploaded(row.id, upload)
+        self.journal.record_failed(row.id, "permanent", reason)
+        return "failed"
 
     def write_sidecar(self, row: FileRow, rules: EffectiveRules | None = None) -> Path:
         """(Re)write the sidecar of an uploaded file from its journal row; returns its path."""

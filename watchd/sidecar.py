@@ -22,6 +22,7 @@ from urllib.parse import quote
 from watchd.templates import render
 
 TEMP_MARKER = ".watchd-tmp-"
+NAME_MAX = 255  # bytes in one file name, on Linux file systems
 """Part of the name of every temp file `write_atomic` creates: the watcher ignores them."""
 
 SIDECAR_MODE = 0o644
@@ -148,7 +149,7 @@ def write_atomic(path: Path, text: str) -> None:
     existing sidecar untouched; a temp file left by a killed process is removed by
     `remove_stale_temp` during reconciliation.
     """
-    tmp = path.parent / f".{path.name}{TEMP_MARKER}{os.getpid()}-{next(_temp_numbers)}"
+    tmp = path.parent / _temp_name(path.name, f"{TEMP_MARKER}{os.getpid()}-{next(_temp_numbers)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, SIDECAR_MODE)
     try:
         try:
@@ -164,6 +165,19 @@ def write_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _temp_name(name: str, suffix: str) -> str:
+    """`.{name}{suffix}`, with `name` cut short enough (on a character boundary) that the temp
+    name fits where the sidecar's own name fits: in NAME_MAX (255) bytes."""
+    room = NAME_MAX - 1 - len(suffix.encode())
+    kept = 0
+    for end, character in enumerate(name):
+        kept += len(os.fsencode(character))
+        if kept > room:
+            name = name[:end]
+            break
+    return f".{name}{suffix}"
 
 
 def remove_stale_temp(path: str) -> bool:
