@@ -122,6 +122,21 @@ def test_every_argument_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "files to drop, as they are or were on disk" in capsys.readouterr().out
 
 
+def test_status_calls_an_empty_folder_whose_files_the_journal_knows_unavailable(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """As the daemon does: the empty mount point of an unmounted share is not the folder."""
+    folder = tmp_path / "share"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    (folder / "ok.png").write_bytes(png(4, 4))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    for entry in folder.iterdir():  # the share's content gone from view, as when unmounted
+        entry.unlink()
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert status["folders"][0]["available"] is False
+
+
 def test_status_json_retry_and_forget(tmp_path: Path, emulator: Emulator) -> None:
     folder = tmp_path / "pics"
     folder.mkdir()

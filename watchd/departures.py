@@ -62,7 +62,7 @@ class FolderAvailability:
         self._mounts = _MountTable()
 
     def __call__(self, root: str) -> bool:
-        problem = self._problem(root)
+        problem = self.problem(root)
         if problem is None:
             self._unavailable.pop(root, None)
         elif self._unavailable.get(root) != problem:
@@ -87,8 +87,8 @@ class FolderAvailability:
         found, self._remounted = self._remounted, set()
         return found
 
-    def _problem(self, root: str) -> str | None:
-        """Why `root` does not hold its real content now, or None when it does."""
+    def problem(self, root: str) -> str | None:
+        """Why `root` does not hold its real content now, or None when it does (not logged)."""
         try:
             device = os.stat(root).st_dev
             with os.scandir(root) as entries:

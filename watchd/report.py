@@ -13,6 +13,7 @@ from rich.text import Text
 from watchd import journal as j
 from watchd.batcher import SERVICE as BAIDU
 from watchd.config import Settings
+from watchd.departures import FolderAvailability
 from watchd.journal import Journal
 from watchd.quota import day_key, next_reset
 
@@ -29,6 +30,7 @@ def build_status(settings: Settings, journal: Journal, now: float | None = None)
     counts = journal.counts()
     by_root = journal.counts_by_root()
     baidu_by_root = journal.baidu_failures_by_root()
+    availability = FolderAvailability(journal)  # an empty mount point is no folder's content
     baidu_failures = journal.outbox_failures()
     failed_files = journal.get_by_ids({row.file_id for row in baidu_failures})  # the outbox keeps its file
     pauses = {p.name: {"kind": p.kind, "until": _iso(p.until), "reason": p.reason} for p in journal.pauses()}
@@ -65,7 +67,7 @@ def build_status(settings: Settings, journal: Journal, now: float | None = None)
         "folders": [
             {
                 "path": str(folder.path),
-                "available": folder.path.is_dir(),
+                "available": availability.problem(str(folder.path)) is None,  # as the daemon judges it
                 "files": by_root.get(str(folder.path), dict.fromkeys(j.STATES, 0)),
                 # Apart from `files`: a file is done once uploaded with its sidecar, whatever Baidu said.
                 "baidu_failed": baidu_by_root.get(str(folder.path), 0),
