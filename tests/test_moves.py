@@ -399,3 +399,20 @@ def test_a_file_rewritten_while_its_first_upload_runs_leaves_baidu_with_the_new_
         (c.items[0]["extra"]["modify"], c.errno) for c in emulator.baidu_calls() if c.endpoint == "pushPic"
     ]
     assert pushes in ([("0", 0)], [("0", 0), ("1", 0)]), pushes
+
+
+def test_a_file_renamed_over_a_published_one_while_stopped_is_not_uploaded_again(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    (first, second), state, config = _watched(tmp_path, emulator, "a", "b")
+    (first / "x.png").write_bytes(png(10, 10))
+    (second / "y.png").write_bytes(png(11, 11))
+    assert Engine(load_settings(config)).sync() == 0
+    x_id = baidu_id(state, first / "x.png")
+    x_link = next(u.link for u in emulator.uploads() if u.name == "x.png")
+    os.rename(first / "x.png", second / "y.png")  # while watchd is not running
+    assert Engine(load_settings(config)).sync() == 0
+    assert len(emulator.uploads()) == 2  # x is carried over to its new name, y is deleted
+    assert set(emulator.baidu_index()) == {x_id}
+    assert x_link in sidecar_of(second / "y.png").read_text(encoding="utf-8")
+    assert not any(first.iterdir())

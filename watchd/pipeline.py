@@ -215,12 +215,21 @@ class Pipeline:
                     return Intake.MOVED
             self.journal.add(path, root, info.st_size, info.st_mtime_ns, None)
             return Intake.QUEUED
-        if row.uploaded_sha256 is not None and sha256_file(Path(path)) == row.uploaded_sha256:
+        digest = sha256_file(Path(path))
+        if digest == row.uploaded_sha256:
             if row.state == j.FAILED:  # failed after its upload (e.g. its sidecar): finish it
                 self.journal.requeue_sidecar(row.id, info.st_size, info.st_mtime_ns)
                 return Intake.QUEUED
             self.journal.touch(row.id, info.st_size, info.st_mtime_ns)
             return Intake.UNCHANGED
+        if self.journal.has_missing_of_size(info.st_size):  # `mv a.png b.png` over a published b.png
+            source = self.journal.find_moved_source(digest, info.st_size)
+            if source is not None and source.id != row.id:
+                if source.id in busy or row.id in busy:
+                    return Intake.WAIT  # a worker holds one of them: pair them after
+                self.retire(row)  # b.png is deleted; a.png carries its upload over
+                self.move(source, path)
+                return Intake.MOVED
         self.journal.requeue(row.id, info.st_size, info.st_mtime_ns, None)
         return Intake.QUEUED
 
