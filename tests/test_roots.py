@@ -122,6 +122,19 @@ def nobodys_dir() -> Iterator[Path]:
     """A directory the user nobody owns and can reach (pytest's tmp_path is root's alone)."""
     if os.geteuid() != 0 or SETPRIV is None:
         pytest.skip("needs root and setpriv(1), to run watchd as a user that some files are unreadable to")
+    probe = [
+        SETPRIV,
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        sys.executable,
+        "-c",
+        "import watchd",
+    ]
+    if (
+        subprocess.run(probe, capture_output=True, check=False).returncode != 0
+    ):  # e.g. a checkout in a 0700 dir
+        pytest.skip(f"the user nobody cannot run {sys.executable} with watchd from this checkout")
     base = Path(tempfile.mkdtemp(prefix="watchd-nobody-"))
     base.chmod(0o755)
     yield base
