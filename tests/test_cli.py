@@ -122,6 +122,17 @@ def test_every_argument_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "files to drop, as they are or were on disk" in capsys.readouterr().out
 
 
+def _synced_one_good_one_bad(tmp_path: Path, emulator: Emulator) -> tuple[Path, Path]:
+    """A folder with ok.png published and bad.png (not an image) failed by one `sync`, and its config."""
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    (folder / "bad.png").write_bytes(b"nope")
+    (folder / "ok.png").write_bytes(png(4, 4))
+    assert run_cli("sync", "-c", str(config)).returncode == 1
+    return folder, config
+
+
 def test_status_calls_an_empty_folder_whose_files_the_journal_knows_unavailable(
     tmp_path: Path, emulator: Emulator
 ) -> None:
@@ -138,12 +149,7 @@ def test_status_calls_an_empty_folder_whose_files_the_journal_knows_unavailable(
 
 
 def test_status_json_retry_and_forget(tmp_path: Path, emulator: Emulator) -> None:
-    folder = tmp_path / "pics"
-    folder.mkdir()
-    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
-    (folder / "bad.png").write_bytes(b"nope")
-    (folder / "ok.png").write_bytes(png(4, 4))
-    assert run_cli("sync", "-c", str(config)).returncode == 1
+    folder, config = _synced_one_good_one_bad(tmp_path, emulator)
     status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
     assert status["files"]["failed"] == 1 and status["files"]["done"] == 1
     assert status["folders"][0]["available"] is True
@@ -310,12 +316,7 @@ def test_commands_that_only_read_the_journal_need_no_secrets(
 
 
 def test_retry_says_why_a_named_file_was_not_queued(tmp_path: Path, emulator: Emulator) -> None:
-    folder = tmp_path / "pics"
-    folder.mkdir()
-    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
-    (folder / "bad.png").write_bytes(b"nope")
-    (folder / "ok.png").write_bytes(png(4, 4))
-    assert run_cli("sync", "-c", str(config)).returncode == 1
+    folder, config = _synced_one_good_one_bad(tmp_path, emulator)
     result = run_cli("retry", "-c", str(config), str(folder / "bad.png"), str(folder / "ok.png"), "/nope.png")
     assert result.returncode == 1, "a named file was not queued"
     assert "1 queued again" in result.stdout
