@@ -16,7 +16,12 @@ import pytest
 
 from tests.conftest import Daemon, StartDaemon, sidecar_of, wait_for, write_config
 from tests.imagegen import png
+from watchd.config import load_settings
+from watchd.departures import FolderAvailability
 from watchd.emulator import Emulator
+from watchd.journal import Journal
+from watchd.upkeep import ROOT_CHECK_INTERVAL, FolderUpkeep
+from watchd.watcher import Fact, FolderBack, Rescan
 
 NOBODY = 65534
 SETPRIV = shutil.which("setpriv")
@@ -165,3 +170,33 @@ def test_a_directory_and_a_file_unreadable_at_start_are_taken_in_once_their_perm
     finally:
         if daemon.alive():
             daemon.stop()
+
+
+def test_renewing_the_watches_for_one_folder_reconciles_the_others(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """Renewing stops every folder's watches for a moment; what the other folders saw then is
+    found by reconciling them (the swapped folder itself comes back as FolderBack)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    config = write_config(
+        tmp_path / "c.yaml", emulator, [{"path": one}, {"path": two}], state_dir=tmp_path / "state"
+    )
+    facts: list[Fact] = []
+    now = [1000.0]
+    journal = Journal.open(tmp_path / "state")
+    upkeep = FolderUpkeep(load_settings(config), FolderAvailability(journal), facts.append, lambda: now[0])
+    upkeep.restart()
+    try:
+        upkeep.tick(now[0])
+        facts.clear()
+        os.rename(one, tmp_path / "one.old")
+        one.mkdir()
+        now[0] += ROOT_CHECK_INTERVAL
+        upkeep.tick(now[0])
+        assert FolderBack(str(one)) in facts
+        assert Rescan(str(two)) in facts
+    finally:
+        upkeep.stop()
+        journal.close()

@@ -24,7 +24,7 @@ log = logging.getLogger("watchd.engine")  # the name these lines always had, for
 ROOT_CHECK_INTERVAL = 5.0
 # How long after a folder vanished or a directory's permissions changed it is looked at: long
 # enough for `rm -rf w && mkdir w` to be done, and for the events right behind a chmod (a chmod
-# of the files too) to be heard, since renewing the watches loses events that arrive meanwhile.
+# of the files too) to be heard before the watches are renewed.
 LOOK_AGAIN_DELAY = 0.5
 
 
@@ -139,7 +139,10 @@ class FolderUpkeep:
             self._tell(FolderBack(root))
         for directory in sorted(readable):
             log.info("directory %s is readable now; watching and reconciling it", printable(directory))
-            self._tell(Rescan(directory))
+        # Renewing stopped every folder's watches for a moment: what happened meanwhile in the
+        # others is found by reconciling them too (a readable directory is under one of them).
+        for root in sorted(available.keys() - back - remounted):
+            self._tell(Rescan(root))
 
     def _available_roots(self) -> dict[str, tuple[int, int]]:
         """Which directory each available folder is now, by device and inode."""
