@@ -286,6 +286,22 @@ def test_connection_refused_and_timeout_are_transient(make_client: Callable[...,
         assert caught.value.reached is True  # the call may have been counted
 
 
+def test_a_key_in_the_api_bases_query_stays_out_of_messages() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://user:pa55word@127.0.0.1:{port}/image/?sig=QUERY-SECRET#fragment"
+    client = HttpClient(timeout=5, environ_proxies={})
+    try:
+        with pytest.raises(TransientError, match="cannot reach") as caught:
+            BaiduIndexer(app_id="a", app_token=TOKEN, api_base=base, client=client).push([item(1)])
+    finally:
+        client.close()
+    message = str(caught.value)
+    assert f"cannot reach http://127.0.0.1:{port}/image/pushPic: " in message
+    assert "QUERY-SECRET" not in message and "fragment" not in message and "pa55word" not in message
+
+
 # -- bisection -----------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ import trustme
 from tests.imagegen import png
 from watchd import transport as transport_module
 from watchd.emulator import DEMO_SECRET_KEY, Emulator
-from watchd.http import HttpClient
+from watchd.http import HttpClient, ProxyUnreachable, network_error
 from watchd.transport import JOIN_BODY_BELOW, PIECE, PooledTransport
 
 
@@ -176,6 +176,66 @@ def test_no_proxy_hosts_go_direct(recorder: tuple[str, list[dict[str, Any]]]) ->
     finally:
         client.close()
     assert [record["target"] for record in seen] == ["/v1"]
+
+
+@pytest.mark.parametrize(("scheme", "variable"), [("https", "HTTPS_PROXY"), ("all", "ALL_PROXY")])
+def test_a_proxy_that_refuses_connections_is_named_without_its_login(scheme: str, variable: str) -> None:
+    port = unused_port()  # closed: the proxy is down
+    client = HttpClient(timeout=5, environ_proxies={scheme: f"http://proxyuser:pa55word@127.0.0.1:{port}"})
+    try:
+        with pytest.raises(ProxyUnreachable) as caught:
+            client.post("https://imageban.invalid/v1", headers={}, content=b"x")
+    finally:
+        client.close()
+    assert (caught.value.proxy, caught.value.variable) == (f"http://127.0.0.1:{port}", variable)
+    assert isinstance(caught.value, httpx.ConnectError)  # nothing was sent
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+
+
+def tunnel_to(target_port: int) -> Iterator[str]:
+    """A proxy that answers one CONNECT with 200 and then pipes bytes to `target_port`."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        upstream = socket.create_connection(("127.0.0.1", target_port))
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
+        pipe(conn, upstream)
+
+    thread = threading.Thread(target=serve_one, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    thread.join(timeout=5)
+    listener.close()
+
+
+def test_a_certificate_refused_through_a_proxy_is_not_the_proxys_fault(
+    tls_server: tuple[str, trustme.CA],
+) -> None:
+    url, _ca = tls_server  # the system's CAs do not know its certificate
+    for proxy in tunnel_to(httpx.URL(url).port or 443):
+        client = HttpClient(timeout=5, environ_proxies={"https": proxy})
+        try:
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED") as caught:
+                client.post(url, headers={}, content=b"x")
+        finally:
+            client.close()
+        assert not isinstance(caught.value, ProxyUnreachable)
 
 
 def test_the_transport_refuses_other_schemes() -> None:
@@ -445,9 +505,49 @@ def test_an_early_answer_is_returned_though_the_body_is_refused(
 
 
 @pytest.mark.usefixtures("small_send_buffer")
-def test_a_body_refused_without_an_answer_is_an_error(
+def test_a_body_refused_without_an_answer_is_a_write_error(
     client: HttpClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Not a read error: a server that never had the whole request cannot have carried it out.
     for url in scripted_server(lambda _conn, _data: None):
-        with pytest.raises(httpx.ReadError):
+        with pytest.raises(httpx.WriteError):
             client.post(url, headers={}, files=two_megabytes(monkeypatch, streamed=False))
+
+
+@pytest.mark.usefixtures("small_send_buffer")
+def test_a_send_that_stalls_is_a_write_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = HttpClient(timeout=0.3, environ_proxies={})
+    try:
+        for url in scripted_server(lambda _conn, _data: time.sleep(1.5)):  # reads nothing more
+            with pytest.raises(httpx.WriteTimeout):
+                client.post(url, headers={}, files=two_megabytes(monkeypatch, streamed=False))
+    finally:
+        client.close()
+
+
+def test_a_request_read_whole_and_left_unanswered_is_a_protocol_error(client: HttpClient) -> None:
+    for url in raw_server(b""):  # reads the whole request, then hangs up
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.post(url, headers={}, content=b"hello")
+
+
+@pytest.mark.parametrize(
+    ("exc", "reached", "unanswered", "message"),
+    [
+        (httpx.ConnectError("refused"), False, False, "cannot reach http://h/v1: refused"),
+        (httpx.ConnectTimeout("t"), False, False, "timed out talking to http://h/v1"),
+        (httpx.PoolTimeout("t"), False, False, "timed out talking to http://h/v1"),
+        (httpx.WriteError("reset"), True, False, "cannot reach http://h/v1: reset"),
+        (httpx.WriteTimeout("t"), True, False, "timed out talking to http://h/v1"),
+        (httpx.ReadTimeout("t"), True, True, "timed out waiting for an answer from http://h/v1"),
+        (httpx.ReadError("reset"), True, True, "no answer from http://h/v1: reset"),
+        (httpx.RemoteProtocolError("Server disconnected"), True, True, "no answer from http://h/v1: Server"),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else None,
+)
+def test_network_errors_say_whether_the_request_may_have_been_carried_out(
+    exc: httpx.HTTPError, reached: bool, unanswered: bool, message: str
+) -> None:
+    error = network_error(exc, where="http://h/v1", reason=str(exc), service="imageban:me")
+    assert (error.reached, error.unanswered) == (reached, unanswered)
+    assert error.message.startswith(message)

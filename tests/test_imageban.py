@@ -362,6 +362,38 @@ def test_connection_refused_is_transient(image: Path, refused_url: str, http: Ht
     assert "http://127.0.0.1:" in str(caught.value)
 
 
+def test_a_proxy_that_cannot_be_reached_is_named_not_the_api(image: Path, refused_url: str) -> None:
+    port = httpx.URL(refused_url).port  # closed: the proxy is down
+    client = HttpClient(timeout=5, environ_proxies={"https": f"http://proxyuser:proxypass@127.0.0.1:{port}"})
+    host = ImageBanHost("me", api_url="https://api.imageban.invalid/v1", client=client, secret_key=SECRET)
+    try:
+        with pytest.raises(TransientError) as caught:
+            host.upload(UploadRequest(image, "c"))
+    finally:
+        client.close()
+    message = str(caught.value)
+    assert f"cannot reach the proxy http://127.0.0.1:{port} (HTTPS_PROXY) on the way to " in message
+    assert "https://api.imageban.invalid/v1" in message
+    assert "check HTTPS_PROXY and NO_PROXY" in message
+    assert "proxyuser" not in message and "proxypass" not in message
+    assert caught.value.reached is False  # nothing was sent: no upload counted
+
+
+def test_a_key_in_the_api_urls_query_stays_out_of_messages(image: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1?key={SECRET}#{CLIENT_ID}"
+    client = HttpClient(timeout=5, environ_proxies={})
+    host = ImageBanHost("me", api_url=url, client=client, client_id="c")
+    try:
+        with pytest.raises(TransientError, match="cannot reach") as caught:
+            host.upload(UploadRequest(image, "c"))
+    finally:
+        client.close()
+    assert SECRET not in str(caught.value) and CLIENT_ID not in str(caught.value)
+    assert f"{url.split('?')[0]}: " in str(caught.value)
+
+
 @pytest.mark.parametrize("client", [httpx.Client(timeout=30), HttpClient(timeout=30)], ids=type)
 def test_timeout_is_the_hosts_own_and_transient(image: Path, silent_url: str, client: HttpPoster) -> None:
     host = ImageBanHost("me", api_url=silent_url, client=client, secret_key=SECRET, timeout=0.3)
@@ -371,6 +403,7 @@ def test_timeout_is_the_hosts_own_and_transient(image: Path, silent_url: str, cl
     assert time.monotonic() - started < 5  # the host's 0.3 s, not the client's 30 s
     assert isinstance(caught.value.__cause__, httpx.TimeoutException)
     assert caught.value.reached is True  # the upload may have been counted
+    assert caught.value.unanswered is True  # and stored: it must not be sent again at once
 
 
 @pytest.mark.parametrize("auth", ["secret_key", "client_id"])
@@ -438,11 +471,11 @@ def test_emulator_quota(
 
 
 @pytest.mark.parametrize(
-    ("faults", "code", "retry_after"),
+    ("faults", "code", "retry_after", "unanswered"),
     [
-        ({"http_error_rate": 1.0, "retry_after": 0.2}, "429", 0.2),
-        ({"transient_rate": 1.0}, "104", None),
-        ({"drop_rate": 1.0}, "", None),
+        ({"http_error_rate": 1.0, "retry_after": 0.2}, "429", 0.2, False),
+        ({"transient_rate": 1.0}, "104", None, False),
+        ({"drop_rate": 1.0}, "", None, True),  # read whole, then hung up on: may have been stored
     ],
 )
 def test_emulator_faults_are_transient(
@@ -452,11 +485,13 @@ def test_emulator_faults_are_transient(
     faults: dict[str, Any],
     code: str,
     retry_after: float | None,
+    unanswered: bool,
 ) -> None:
     emulator.set_faults(**faults)
     with pytest.raises(TransientError) as caught:
         emulated(emulator, http, secret_key="demo-secret").upload(UploadRequest(image, "cat.png"))
     assert (caught.value.code, caught.value.retry_after) == (code, retry_after)
+    assert caught.value.unanswered is unanswered
 
 
 def test_emulator_5xx_then_recovery_through_the_retry_wrapper(

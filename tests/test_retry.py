@@ -9,8 +9,9 @@ from email.utils import format_datetime
 
 import pytest
 
+from watchd.config import RetrySettings
 from watchd.errors import ConfigurationError, PermanentFileError, QuotaError, TransientError
-from watchd.retry import backoff_delay, call_with_retry, parse_retry_after
+from watchd.retry import MAX_RETRY_AFTER, RetryPolicy, backoff_delay, call_with_retry, parse_retry_after
 
 
 def failing(errors: list[Exception], result: str = "ok") -> tuple[Callable[[], str], list[int]]:
@@ -28,6 +29,11 @@ def failing(errors: list[Exception], result: str = "ok") -> tuple[Callable[[], s
 
 def transient(code: str = "503", retry_after: float | None = None) -> TransientError:
     return TransientError("busy", service="imageban:me", code=code, retry_after=retry_after)
+
+
+def unanswered() -> TransientError:
+    """What a read timeout becomes: sent whole, no answer, so maybe carried out."""
+    return TransientError("timed out waiting for an answer", service="imageban:me", unanswered=True)
 
 
 def test_success_first_time_does_not_sleep() -> None:
@@ -115,6 +121,34 @@ def test_retry_after_longer_than_maximum_gives_up_at_once() -> None:
     assert (len(calls), sleeps) == (1, [])
 
 
+@pytest.mark.parametrize("first", [[], [transient()]], ids=["at first", "after a 503"])
+def test_an_unanswered_call_that_is_not_idempotent_is_not_repeated(
+    first: list[Exception], caplog: pytest.LogCaptureFixture
+) -> None:
+    sleeps: list[float] = []
+    fn, calls = failing([*first, unanswered(), unanswered()])
+    with caplog.at_level(logging.WARNING, logger="watchd.retry"), pytest.raises(TransientError) as caught:
+        call_with_retry(fn, attempts=5, sleep=sleeps.append, describe="upload of cat.png", idempotent=False)
+    assert caught.value.unanswered
+    assert (len(calls), len(sleeps)) == (len(first) + 1, len(first))
+    said = caplog.records[-1].getMessage()
+    assert said.startswith("upload of cat.png: imageban:me: timed out waiting for an answer; ")
+    assert "imageban:me may have carried it out: not repeated at once" in said
+    assert "tried again later from the queue" in said
+
+
+def test_other_transient_errors_of_a_call_that_is_not_idempotent_are_retried() -> None:
+    fn, calls = failing([transient(), transient("104")])
+    assert call_with_retry(fn, sleep=lambda _: None, idempotent=False) == "ok"
+    assert len(calls) == 3
+
+
+def test_an_unanswered_idempotent_call_is_retried() -> None:
+    fn, calls = failing([unanswered(), unanswered()])  # a Baidu push: a repeat is answered "duplicate"
+    assert call_with_retry(fn, sleep=lambda _: None) == "ok"
+    assert len(calls) == 3
+
+
 def test_retry_log_holds_no_secret(caplog: pytest.LogCaptureFixture) -> None:
     fn, _ = failing([transient()])
     with caplog.at_level(logging.WARNING, logger="watchd.retry"):
@@ -135,6 +169,16 @@ def test_works_with_a_fake_host(tmp_path) -> None:
     uploaded = call_with_retry(lambda: host.upload(UploadRequest(path, "a.png")), sleep=lambda _: None)
     assert uploaded.resolution == "3x3"
     assert host.calls == 2
+
+
+def test_a_huge_retry_after_is_honoured_for_a_day_at_most() -> None:
+    now = 1_000_000.0
+    policy = RetryPolicy(RetrySettings(), clock=lambda: now, sleep=lambda _: None)
+    huge = transient("429", retry_after=999_999_999.0)  # parked until 2057 without the cap
+    assert policy.next_attempt_at(1, huge) == now + MAX_RETRY_AFTER == now + 24 * 3600
+    assert policy.note_failure("imageban:me", huge) is None  # the first failure may be the item's
+    assert policy.note_failure("imageban:me", huge) == now + MAX_RETRY_AFTER  # the outage pause
+    assert policy.next_attempt_at(1, transient("429", retry_after=7200.0)) == now + 7200.0
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 5, 20])

@@ -13,10 +13,13 @@ alone and never looks at status codes or errno values::
     │   └── AlreadyDoneError         the service already has it: record as done
     └── ConfigError                  the local configuration is invalid (watchd check)
 
-Messages never contain secrets: clients build them from codes and API messages only.
+Messages never contain secrets: clients build them from codes and API messages only, and
+name an address only as `display_url` shows it.
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
 
 
 class WatchdError(Exception):
@@ -61,7 +64,10 @@ class TransientError(ServiceError):
 
     `retry_after` is the server's Retry-After in seconds when it sent one. `reached` is False
     only when the request cannot have reached the service (no connection was ever made), so
-    nothing it counts (a quota unit) was used.
+    nothing it counts (a quota unit) was used. `unanswered` is True when the whole request
+    went out and no usable answer came back (a read timeout, a dropped connection): the
+    service may have carried it out, so a request that is not idempotent (an upload) must
+    not be repeated at once.
     """
 
     def __init__(
@@ -72,10 +78,12 @@ class TransientError(ServiceError):
         code: str = "",
         retry_after: float | None = None,
         reached: bool = True,
+        unanswered: bool = False,
     ) -> None:
         super().__init__(message, service=service, code=code)
         self.retry_after = retry_after
         self.reached = reached
+        self.unanswered = unanswered
 
     @property
     def may_have_used_quota(self) -> bool:
@@ -105,6 +113,13 @@ class ConfigError(WatchdError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+def display_url(url: str) -> str:
+    """`url` as a message may show it: without `user:password@`, query or fragment, where a
+    login or an API key may be (messages reach the journal and `status`, which are not redacted)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 _KIND: dict[type, str] = {

@@ -333,7 +333,8 @@ class Pipeline:
         request = UploadRequest(path, path.name, rules.album, loaded.info, loaded.content)
         host = self.hosts[rules.host]
         try:
-            uploaded = self.retry.call(lambda: host.upload(request), f"upload of {path}")
+            # Not idempotent: an upload that got no answer may be stored, so it waits for the backoff.
+            uploaded = self.retry.call(lambda: host.upload(request), f"upload of {path}", idempotent=False)
         except ServiceError as exc:
             if not exc.may_have_used_quota:
                 quota.give_back(reservation)

@@ -30,6 +30,11 @@ T = TypeVar("T")
 # Items in a row (no success between) that failed even after their quick retries before the
 # service itself is taken to be down: one can be a bad item, two in a row are the service.
 OUTAGE_AFTER = 2
+# The longest Retry-After honoured, in seconds. A server can ask for any wait (a
+# misconfigured one sends `Retry-After: 999999999`), which would park the queue for decades;
+# by a day later the daily quotas have reset and an operator has seen the log, so work is
+# tried again by then at the latest.
+MAX_RETRY_AFTER = 24 * 3600.0
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +47,26 @@ def call_with_retry(
     maximum: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
     describe: str = "",
+    idempotent: bool = True,
 ) -> T:
     """Return `fn()`, calling it up to `attempts` times while it raises `TransientError`.
 
     Waits between attempts are exponential with full jitter (uniform in 0..initial·2ⁿ⁻¹,
     capped at `maximum`) and never shorter than the error's `retry_after`. When the server
     asks for a longer wait than `maximum`, no further attempt is made: the error is raised
-    at once so the caller can defer by `retry_after` instead of blocking. Each retry is
-    logged once at WARNING, a success after retries once at INFO. Raise the last
-    `TransientError` when attempts are exhausted; any other exception passes through at once.
+    at once so the caller can defer by `retry_after` instead of blocking. Unless `fn` is
+    `idempotent`, an error after which the service may have carried the request out
+    (`TransientError.unanswered`) is raised at once too, with a WARNING saying so: an
+    upload repeated then would be stored twice, while the caller's deferral comes after a
+    backoff long enough for a slow service to finish. Each retry is logged once at
+    WARNING, a success after retries once at INFO. Raise the last `TransientError` when
+    attempts are exhausted; any other exception passes through at once.
     """
     try:  # the common case, a first success, without tenacity's bookkeeping (~40 µs a call)
         return fn()
     except TransientError as exc:
-        if attempts <= 1 or (exc.retry_after or 0.0) > maximum:
+        what = describe or getattr(fn, "__name__", "call")
+        if not _repeatable(exc, idempotent, what) or attempts <= 1 or (exc.retry_after or 0.0) > maximum:
             raise
         first_failure: TransientError | None = exc
 
@@ -69,9 +80,8 @@ def call_with_retry(
 
     # Only now: a first success (nearly every call) never needs tenacity, and importing it
     # costs ~50 ms of every `watchd sync`'s start-up.
-    from tenacity import Retrying, retry_if_exception_type, wait_random_exponential
+    from tenacity import Retrying, retry_if_exception, wait_random_exponential
 
-    what = describe or getattr(fn, "__name__", "call")
     jitter = wait_random_exponential(multiplier=initial, max=maximum)
 
     def stop(state: RetryCallState) -> bool:
@@ -98,7 +108,7 @@ def call_with_retry(
     retrying = Retrying(
         stop=stop,
         wait=wait,
-        retry=retry_if_exception_type(TransientError),
+        retry=retry_if_exception(lambda error: _repeatable(error, idempotent, what)),
         sleep=sleep,
         before_sleep=log_retry,
         reraise=True,
@@ -144,6 +154,22 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
+def _repeatable(error: BaseException, idempotent: bool, what: str) -> bool:
+    """Whether `error` may be followed by another attempt at once (see `call_with_retry`)."""
+    if not isinstance(error, TransientError):
+        return False
+    if error.unanswered and not idempotent:
+        log.warning(
+            "%s: %s; the request was sent, so %s may have carried it out: not repeated at once "
+            "(that could do it twice), it is tried again later from the queue",
+            what,
+            error,
+            error.service or "the service",
+        )
+        return False
+    return True
+
+
 def _retry_after(state: RetryCallState) -> float:
     error = state.outcome.exception() if state.outcome else None
     if isinstance(error, TransientError) and error.retry_after is not None:
@@ -187,8 +213,9 @@ class RetryPolicy:
             self._failures.pop(service, None)
             self._outages.pop(service, None)
 
-    def call(self, fn: Callable[[], T], describe: str) -> T:
-        """`fn()` with the quick retries of transient errors (`call_with_retry`)."""
+    def call(self, fn: Callable[[], T], describe: str, *, idempotent: bool = True) -> T:
+        """`fn()` with the quick retries of transient errors (`call_with_retry`); pass
+        `idempotent=False` for a request that must not be repeated when its answer is lost."""
         policy = self.settings
         return call_with_retry(
             fn,
@@ -197,13 +224,14 @@ class RetryPolicy:
             maximum=policy.maximum,
             sleep=self.sleep,
             describe=describe,
+            idempotent=idempotent,
         )
 
     def next_attempt_at(self, attempt: int, error: BaseException | None = None) -> float:
         """When queued work that failed `attempt` rounds in a row is tried again: the jittered
-        backoff, and never sooner than a server's Retry-After."""
+        backoff, and never sooner than a server's Retry-After (up to `MAX_RETRY_AFTER`)."""
         policy = self.settings
         delay = backoff_delay(attempt, initial=policy.requeue_initial, maximum=policy.requeue_maximum)
         if isinstance(error, TransientError) and error.retry_after:
-            delay = max(delay, error.retry_after)
+            delay = max(delay, min(error.retry_after, MAX_RETRY_AFTER))
         return self.clock() + delay

@@ -28,7 +28,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, BinaryIO, Literal, NoReturn
 
 import httpx
 
@@ -47,6 +47,9 @@ _DECODERS = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 
 _Origin = tuple[str, str, int]
+# The step a failure happened in. It says what the server can have seen: nothing (connect),
+# part of the request (write), or all of it, which it may have carried out (read).
+_Stage = Literal["connect", "write", "read"]
 
 
 class _Receiver(io.RawIOBase):
@@ -101,11 +104,14 @@ class _Connection:
 
 
 class _StaleConnection(Exception):
-    """A reused connection died before any answer: the request can be sent again."""
+    """A reused connection died before any answer: the request can be sent again.
 
-    def __init__(self, cause: Exception) -> None:
+    `stage` is the step it died in (see `_raise_translated`), should it die again."""
+
+    def __init__(self, cause: Exception, stage: _Stage) -> None:
         super().__init__(str(cause))
         self.cause = cause
+        self.stage = stage
 
 
 class _NoAnswer(ConnectionError):
@@ -152,7 +158,7 @@ class PooledTransport(httpx.BaseTransport):
         try:
             return self._exchange(origin, connection, request, body, limits)
         except _StaleConnection as stale:
-            _raise_translated(stale.cause, request, connected=True)
+            _raise_translated(stale.cause, request, stale.stage)
 
     def close(self) -> None:
         with self._lock:
@@ -172,15 +178,18 @@ class PooledTransport(httpx.BaseTransport):
         """One request and its whole answer; the connection goes back to the pool if kept.
 
         `limits` are the write and read timeouts. A send cut off by the server may have met an
-        early answer: it is read, and only without one does the send fail.
+        early answer: it is read, and only without one does the send fail (as a write error:
+        the server cannot have carried out a request it did not receive whole).
         """
         write_timeout, read_timeout = limits
         unsent: OSError | None = None  # why the request could not be sent whole
         answered = False
+        stage: _Stage = "write"
         try:
             connection.send_within(write_timeout)
             try:
                 body.send(connection.sock, _head(request, body))
+                stage = "read"
             except (ConnectionError, ssl.SSLError) as exc:
                 unsent = exc
             connection.answer_within(read_timeout)
@@ -191,13 +200,14 @@ class PooledTransport(httpx.BaseTransport):
                     raise
                 raise unsent from None  # no answer to explain it: the send's own failure
             answered = True
+            stage = "read"  # an early answer's too, though its request was cut short
             content = _read_body(connection.reader, request.method, status, headers)
             content, headers = _decoded(content, headers)
         except Exception as exc:
             connection.close()
             if not answered and not body.streamed and isinstance(exc, _DEAD_CONNECTION):
-                raise _StaleConnection(exc) from exc
-            _raise_translated(exc, request, connected=True)
+                raise _StaleConnection(exc, stage) from exc
+            _raise_translated(exc, request, stage)
         except BaseException:
             connection.close()
             raise
@@ -247,7 +257,7 @@ class PooledTransport(httpx.BaseTransport):
                 sock.close()
                 raise
         except Exception as exc:
-            _raise_translated(exc, request, connected=False)
+            _raise_translated(exc, request, "connect")
         return _Connection(sock)
 
 
@@ -411,18 +421,31 @@ def _check_size(size: int) -> None:
         raise httpx.RemoteProtocolError(f"answer body larger than {MAX_BODY // 1024 // 1024} MB")
 
 
-def _raise_translated(exc: Exception, request: httpx.Request, *, connected: bool) -> NoReturn:
-    """Raise the httpx exception httpx's own transport would raise for `exc` (with it as cause)."""
+_TIMEOUTS: dict[_Stage, type[httpx.TimeoutException]] = {
+    "connect": httpx.ConnectTimeout,
+    "write": httpx.WriteTimeout,
+    "read": httpx.ReadTimeout,
+}
+_ERRORS: dict[_Stage, type[httpx.NetworkError]] = {
+    "connect": httpx.ConnectError,
+    "write": httpx.WriteError,
+    "read": httpx.ReadError,
+}
+
+
+def _raise_translated(exc: Exception, request: httpx.Request, stage: _Stage) -> NoReturn:
+    """Raise the httpx exception httpx's own transport would raise for `exc` (with it as cause)
+    in `stage`: connecting, writing the request, or reading the answer once it was sent."""
     if isinstance(exc, httpx.HTTPError):
         raise exc
     message = str(exc) or type(exc).__name__
     translated: httpx.TransportError
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        translated = (httpx.ReadTimeout if connected else httpx.ConnectTimeout)(message, request=request)
+        translated = _TIMEOUTS[stage](message, request=request)
     elif isinstance(exc, _NoAnswer):
         translated = httpx.RemoteProtocolError(message, request=request)
     elif isinstance(exc, OSError):  # refused, reset, unreachable, TLS failures
-        translated = (httpx.ReadError if connected else httpx.ConnectError)(message, request=request)
+        translated = _ERRORS[stage](message, request=request)
     else:
         raise exc
     raise translated from exc

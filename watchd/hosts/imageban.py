@@ -21,6 +21,7 @@ from watchd.errors import (
     QuotaError,
     ServiceError,
     TransientError,
+    display_url,
 )
 from watchd.hosts.base import Uploaded, UploadRequest
 from watchd.http import HttpPoster, network_error
@@ -88,7 +89,7 @@ class ImageBanHost:
         self.name = name
         self.service = f"imageban:{name}"
         self._api_url = api_url
-        self._where = _without_userinfo(api_url)  # a proxy URL may carry a password
+        self._where = display_url(api_url)  # its login or a key in its query are secrets
         self._client = client
         self._timeout = timeout
         self._secrets = tuple(key for key in (secret_key, client_id) if key)
@@ -211,10 +212,6 @@ class ImageBanHost:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def _without_userinfo(url: str) -> str:
-    return str(httpx.URL(url).copy_with(username=None, password=None))
 
 
 def _text(value: Any) -> str:

@@ -28,6 +28,7 @@ from watchd.errors import (
     QuotaError,
     ServiceError,
     TransientError,
+    display_url,
 )
 from watchd.http import HttpPoster, network_error
 from watchd.indexers.base import ItemResult, PushItem
@@ -198,7 +199,7 @@ class BaiduIndexer:
         self._app_id = app_id
         self._app_token = app_token
         self._api_base = api_base.rstrip("/")
-        self._where = str(httpx.URL(self._api_base).copy_with(username=None, password=None))  # no passwords
+        self._where = display_url(self._api_base).rstrip("/")  # its login or a key in its query are secrets
         self._client = client
         self._timeout = timeout
 
