@@ -273,3 +273,17 @@ def test_describe_shows_rules_per_folder_and_rule_file(tmp_path: Path, photos: P
     assert f"BROKEN, files below are not uploaded: {broken}:1: titel: unknown key" in text
     assert f"folder {missing}" in text and "unavailable now" in text and "host: guest (guest)" in text
     assert SECRET not in text and "cid" not in text and "tok" not in text
+
+
+def test_describe_shows_api_addresses_without_their_login_or_query(tmp_path: Path) -> None:
+    body = f"defaults: {{host: me}}\nfolders:\n  - path: {tmp_path}\n"
+    settings = settings_for(tmp_path, body, baidu=False)
+    host = settings.hosts["me"].model_copy(
+        update={"api_url": "https://gate:pa55@img.example/api?key=qk-77#x"}
+    )
+    settings = settings.model_copy(update={"hosts": {**settings.hosts, "me": host}})
+
+    text, _problems = describe(settings)
+
+    assert "https://img.example/api," in text
+    assert "pa55" not in text and "qk-77" not in text and "gate" not in text

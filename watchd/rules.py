@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from watchd.config import FolderSettings, Rules, Settings, SidecarRules, parse_rules
-from watchd.errors import ConfigError
+from watchd.errors import ConfigError, display_url
 
 RULE_FILE_NAME = ".watchd.yaml"
 _T = TypeVar("_T")
@@ -220,12 +219,6 @@ def _rule_files(folder: FolderSettings, directory: Path) -> list[Path]:
     return [d / RULE_FILE_NAME for d in directories]
 
 
-def _shown(url: str) -> str:
-    """`url` without any `user:password@` (a proxy or gateway login is a secret too)."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
 def describe(settings: Settings) -> tuple[str, list[str]]:
     """The hosts, Baidu, and the effective rules per folder and per rule file below it; and
     the problems of the broken rule files, each once (files below those are not uploaded).
@@ -238,7 +231,7 @@ def describe(settings: Settings) -> tuple[str, list[str]]:
         default = "  (default)" if name == settings.default_host else ""
         credential = "secret key" if host.auth == "account" else "client id"
         lines.append(
-            f"  {name}: {host.type}, {host.auth} auth ({credential}), {_shown(host.api_url)}, "
+            f"  {name}: {host.type}, {host.auth} auth ({credential}), {display_url(host.api_url)}, "
             f"{host.quota} uploads/day (day in {host.quota_reset_tz}){default}"
         )
     if settings.baidu is None:
@@ -246,7 +239,7 @@ def describe(settings: Settings) -> tuple[str, list[str]]:
     else:
         baidu = settings.baidu
         quota = baidu.daily_quota or "learned from the API"
-        lines.append(f"baidu: {_shown(baidu.api_base)}, quota {quota} (day in {baidu.quota_reset_tz})")
+        lines.append(f"baidu: {display_url(baidu.api_base)}, quota {quota} (day in {baidu.quota_reset_tz})")
     lines.append(f"state_dir: {settings.state_dir}; concurrency: {settings.concurrency}")
     resolver = RuleResolver(settings)
     for folder in settings.folders:
