@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -346,6 +349,48 @@ def test_a_change_after_a_push_reached_baidu_unrecorded_is_pushed_as_a_modificat
     assert [(c.items[0]["extra"]["modify"], c.errno) for c in pushes(emulator)] == [("0", 0), ("1", 0)]
     (stored,) = emulator.baidu_index().values()
     assert stored["objurl"] == emulator.uploads()[-1].link
+
+
+# `watchd sync`, killed (SIGKILL, as by kill -9) the moment it starts to rewrite a sidecar to
+# show the push Baidu has just accepted.
+KILLED_AT_THE_REFRESH = """
+import os, signal, sys
+from watchd.cli import main
+from watchd.pipeline import Pipeline
+
+real_write_sidecar = Pipeline.write_sidecar
+
+def write_sidecar(self, row, rules=None):
+    if row.pushed_at is not None:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_write_sidecar(self, row, rules)
+
+Pipeline.write_sidecar = write_sidecar
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_9_before_the_sidecar_shows_the_push_is_completed_at_the_next_start_without_a_second_push(
+    setup: tuple[Path, Path, Path], emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    config, public, _private = setup
+    image = public / "killed.png"
+    image.write_bytes(png(8, 8))
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AT_THE_REFRESH, "sync", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (push,) = pushes(emulator)
+    assert "baidu" not in json.loads(sidecar_of(image).read_text(encoding="utf-8"))
+    daemon = start_daemon(config)
+    wait_for(lambda: "baidu" in json.loads(sidecar_of(image).read_text(encoding="utf-8")))
+    assert daemon.stop() == 0
+    assert pushes(emulator) == [push], "the push was recorded: it is not sent again"
+    sidecar = json.loads(sidecar_of(image).read_text(encoding="utf-8"))
+    assert sidecar["baidu"]["id"] == push.items[0]["id"]
 
 
 def test_a_failing_baidu_is_left_alone_until_its_backoff_ends_not_tried_batch_by_batch(

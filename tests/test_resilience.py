@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -416,6 +417,85 @@ def test_a_really_full_filesystem_delays_the_sidecar_and_loses_nothing(
         filler.unlink()
         wait_for(lambda: sidecar_of(image).exists())
         assert len(emulator.uploads()) == 1
+        assert daemon.stop() == 0
+
+
+def pushes(emulator: Emulator) -> list:
+    return [c for c in emulator.baidu_calls() if c.endpoint == "pushPic"]
+
+
+def test_a_sidecar_refresh_lost_to_a_full_disk_is_left_queued_and_done_by_the_next_start(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, folder = make_config(tmp_path, emulator)
+    image = folder / "late.png"
+    image.write_bytes(png(6, 6))
+    real_write = pipeline_module.write_atomic
+
+    def full_for_the_refresh(path: Path, text: str) -> None:
+        if '"baidu"' in text:  # the rewrite after the push; the first sidecar fits
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, text)
+
+    now = [time.time()]
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline_module, "write_atomic", full_for_the_refresh)
+        assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 1  # reported as left to do
+    assert len(pushes(emulator)) == 1 and not pushed(image)
+    # Space is back, the refresh's backoff still runs (the clock stands): this start's
+    # reconciliation rewrites the sidecar, with no second push and no upload.
+    assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 0
+    assert pushed(image)
+    assert len(pushes(emulator)) == 1 and len(emulator.uploads()) == 1
+
+
+@contextlib.contextmanager
+def unwritable(folder: Path, how: str) -> Iterator[None]:
+    """Make the small filesystem at `folder` refuse writes for the block: full, or read-only."""
+    if how == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(folder)], check=True)
+        return
+    filler = folder / "filler.bin"
+    with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
+        while True:  # take every last block
+            out.write(b"\0" * 4096)
+    try:
+        yield
+    finally:
+        filler.unlink()
+
+
+@pytest.mark.parametrize("how", ["full", "read-only"])
+def test_a_sidecar_the_push_could_not_update_is_caught_up_by_the_running_daemon_without_a_second_push(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon, how: str
+) -> None:
+    """Full: the batcher retries the refresh with backoff until it fits. Read-only: so does it,
+    and the folder's remount also makes the daemon reconcile it, which rewrites it too."""
+    with small_filesystem(tmp_path / "small", "1m") as folder:
+        config = write_config(
+            tmp_path / "config.yaml",
+            emulator,
+            [{"path": folder}],
+            state_dir=tmp_path / "state",
+            extra=FAST_RETRIES,
+        )
+        emulator.set_faults(latency=1.0)  # time to take the disk away while the push is in flight
+        daemon = start_daemon(config)
+        image = folder / "late.png"
+        image.write_bytes(png(7, 7))
+        wait_for(lambda: sidecar_of(image).exists())
+        with unwritable(folder, how):
+            wait_for(lambda: pushes(emulator))
+            wait_for(lambda: "could not update its sidecar" in daemon.log())
+            time.sleep(2)  # a few retries while the disk stays unwritable
+            assert not pushed(image)
+        wait_for(lambda: pushed(image))
+        assert daemon.log().count("could not update its sidecar") <= 8  # a backoff, not a hot loop
+        assert len(pushes(emulator)) == 1 and len(emulator.uploads()) == 1
         assert daemon.stop() == 0
 
 

@@ -6,12 +6,19 @@ before the call and get one result each after it, so a crash mid-call resends at
 one batch. Quota and configuration answers pause Baidu in the journal: nothing is sent
 until the reset (quota) or a reload (configuration), and the queue is kept; so do calls
 that fail one after another (an outage), until a growing backoff ends.
+
+A push is recorded before its file's sidecar is rewritten to show it, as a refresh still
+due (`Journal.outbox_sent`): a sidecar that cannot be written (a full or read-only disk),
+or a crash before it is, is caught up by a retry with backoff here (whether or not Baidu is
+paused) or by reconciliation, never by a second push.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -30,14 +37,17 @@ from watchd.errors import (
     TransientError,
 )
 from watchd.indexers.base import Indexer, ItemResult, PushItem
-from watchd.journal import FileRow, Journal, OutboxRow
+from watchd.journal import DONE, FileRow, Journal, OutboxRow
 from watchd.pipeline import Pipeline, utc_now
 from watchd.quota import QuotaGate
+from watchd.rules import RuleFileError
+from watchd.schema import REFRESH
 from watchd.sidecar import SHOWS_BAIDU
 
 log = logging.getLogger(__name__)
 
 SERVICE = "baidu"
+REFRESH_CHUNK = 100  # sidecar refreshes retried per look, so a long catch-up leaves room for batches
 
 
 class BaiduBatcher:
@@ -65,6 +75,9 @@ class BaiduBatcher:
         self._flushing = threading.Lock()
         self._unseen = 0  # pushes queued since the last look (see pushes_queued)
         self._will_look = False  # a deadline (a partial batch's linger, a pause) brings it back
+        # When a sidecar refresh is next due; 0: unknown, ask the journal. Only this batcher
+        # schedules refreshes, so it spares a query per look while none is due.
+        self._next_refresh = 0.0
         self.calls = 0
         self.outcomes: Counter[str] = Counter()
 
@@ -118,12 +131,12 @@ class BaiduBatcher:
             self._unseen = 0
             self._will_look = False
             now = self.clock()
+            wait = min(60.0, self._catch_up_sidecars(now))
             resume = self.pipeline.paused_until(SERVICE)
             if resume is not None:
                 self._will_look = True
-                return min(60.0, max(1.0, resume - now))
+                return max(0.01, min(wait, max(1.0, resume - now)))
             sent_full = False
-            wait = 60.0
             for action, limit in (("delete", self.indexer.max_withdraw), ("push", self._push_limit())):
                 rows = self.journal.due_outbox(action, now, limit)
                 if not rows:
@@ -142,7 +155,7 @@ class BaiduBatcher:
                 next_due = self.journal.next_outbox_time()
                 if next_due is not None and next_due > now:
                     wait = min(wait, next_due - now)
-                return max(0.01, wait)
+                return max(0.01, min(wait, self._next_refresh - self.clock()))  # a refresh deferred just now
         return 0.0
 
     def _push_limit(self) -> int:
@@ -212,13 +225,17 @@ class BaiduBatcher:
             for row, result in zip(rows, results, strict=True)
             if result.error is None or isinstance(result.error, AlreadyDoneError)
         ]
-        with self.pipeline.sidecar_lock:  # no move or deletion between a refresh and its record
-            if action == "push":  # sidecars first: a crash in between only resends the push
+        with self.pipeline.sidecar_lock:  # no move or deletion between reading a row and its refresh
+            refresh: list[tuple[OutboxRow, FileRow | None]] = []
+            if action == "push":
                 files = self.journal.get_by_ids([row.file_id for row in accepted])
-                for row in accepted:
-                    if row.file_id in files:
-                        self._refresh_sidecar(files[row.file_id], when)
-            self.journal.outbox_sent(accepted, when)
+                refresh = [
+                    (replace(row, state=REFRESH, attempts=0), replace(file, pushed_at=when, baidu_may_hold=1))
+                    for row in accepted
+                    if (file := files.get(row.file_id)) is not None and self._shows_baidu(file)
+                ]
+            self.journal.outbox_sent(accepted, when, {row.id for row, _file in refresh})
+            self._refresh_sidecars(refresh)
         self.outcomes["submitted" if action == "push" else "withdrawn"] += len(accepted)
         for row, result in zip(rows, results, strict=True):
             error = result.error
@@ -242,17 +259,68 @@ class BaiduBatcher:
                 self.journal.outbox_retry([row.id], str(error), retry_at)
         log.info("Baidu %s: %d of %d items accepted", action, len(accepted), len(rows))
 
-    def _refresh_sidecar(self, file_row: FileRow, pushed_at: str) -> None:
-        """Add `baidu: {id, pushed_at}` to the sidecar of a freshly submitted file (only the
-        formats that show it: rewriting the others would change nothing)."""
-        if file_row.path is None or file_row.link is None or not os.path.lexists(file_row.path):
-            return  # gone meanwhile (or its folder is not mounted): nothing to write next to
+    def _shows_baidu(self, file: FileRow) -> bool:
+        """Whether the sidecar of this just-submitted file is to show it: published (a file
+        still in its sidecar step gets the Baidu block there), in a format that shows it.
+        Unsure (a broken rule file): yes, and the refresh finds out."""
+        if file.path is None or file.state != DONE:
+            return False
         try:
-            rules = self.pipeline.resolver.rules_for(Path(file_row.path))
-            if rules.sidecar_format in SHOWS_BAIDU:
-                self.pipeline.write_sidecar(replace(file_row, pushed_at=pushed_at), rules)
-        except Exception as exc:  # the submission itself succeeded; the sidecar catches up later
-            log.warning("submitted %s to Baidu but could not update its sidecar: %s", file_row.path, exc)
+            return self.pipeline.resolver.rules_for(Path(file.path)).sidecar_format in SHOWS_BAIDU
+        except RuleFileError:
+            return True
+
+    def _catch_up_sidecars(self, now: float) -> float:
+        """Retry the sidecar refreshes due at `now`; returns the seconds until the next is due."""
+        if now >= self._next_refresh:
+            if due := self.journal.due_refreshes(now, REFRESH_CHUNK):
+                with self.pipeline.sidecar_lock:
+                    files = self.journal.get_by_ids([row.file_id for row in due])
+                    self._refresh_sidecars([(row, files.get(row.file_id)) for row in due])
+            self._next_refresh = self.journal.next_refresh_time() or math.inf
+        return max(0.0, self._next_refresh - now)
+
+    def _refresh_sidecars(self, refreshes: list[tuple[OutboxRow, FileRow | None]]) -> None:
+        """Rewrite these submitted files' sidecars to show `baidu: {id, pushed_at}`, with the
+        `sidecar_lock` held; those that cannot be written now are retried with backoff.
+
+        A refresh with nothing left to do is done: the file is gone (its sidecar with it),
+        back in its sidecar step (which writes the Baidu block from the row), or its format
+        does not show Baidu. One whose original is missing (an unmounted share) waits.
+        """
+        done: list[int] = []
+        retries: list[tuple[int, str, float]] = []
+        for item, file in refreshes:
+            if file is None or file.path is None or file.state != DONE:
+                done.append(item.id)
+                continue
+            try:
+                self._write_baidu_block(file, file.path)
+            except Exception as exc:  # the submission is recorded: only the sidecar waits
+                at = self.pipeline.retry.next_attempt_at(item.attempts + 1)
+                retries.append((item.id, str(exc), at))
+                self._next_refresh = min(self._next_refresh, at)
+                log.warning(
+                    "submitted %s to Baidu but could not update its sidecar: %s; retrying in %.0f s",
+                    file.path,
+                    exc,
+                    at - self.clock(),
+                )
+                continue
+            done.append(item.id)
+            if item.attempts:
+                log.info("updated the sidecar of %s with its Baidu submission", file.path)
+        self.journal.sidecars_refreshed(done)
+        if retries:
+            self.journal.refresh_later(retries)
+
+    def _write_baidu_block(self, file: FileRow, path: str) -> None:
+        """Rewrite the sidecar from `file` if its format shows Baidu; raise what stops that now."""
+        if not os.path.lexists(path):  # an unmounted share: no sidecar next to nothing
+            raise FileNotFoundError(errno.ENOENT, "the original is not there", path)
+        rules = self.pipeline.resolver.rules_for(Path(path))
+        if rules.sidecar_format in SHOWS_BAIDU:
+            self.pipeline.write_sidecar(file, rules)
 
     def _pause_for_quota(self, ids: list[int], reason: str) -> None:
         reset = self.quota.reset_at()

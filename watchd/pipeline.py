@@ -506,7 +506,9 @@ class Pipeline:
         return target
 
     def restore_sidecar(self, path: str) -> None:
-        """A published file's sidecar went missing (deleted, or lost in a power cut): rewrite it."""
+        """A published file's sidecar went missing (deleted, or lost in a power cut), or does
+        not show its Baidu submission yet (its refresh failed, or a crash came first): rewrite
+        it from the journal, which settles any refresh it waited for."""
         with self.sidecar_lock:
             row = self.journal.get(path)
             if row is None or row.state != j.DONE:
@@ -514,9 +516,10 @@ class Pipeline:
             try:
                 self.write_sidecar(row)
             except (OSError, RuleFileError, ValueError) as exc:
-                log.error("the sidecar of %s is missing and cannot be rewritten: %s", path, exc)
+                log.error("the sidecar of %s cannot be rewritten: %s", path, exc)
                 return
-        log.info("rewrote the missing sidecar of %s", path)
+            self.journal.sidecar_refreshed(row.id)
+        log.info("rewrote the sidecar of %s", path)
 
     def _context(self, row: FileRow) -> dict[str, str]:
         assert row.path is not None

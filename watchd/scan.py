@@ -22,7 +22,8 @@ from watchd.sidecar import TEMP_MARKER, remove_stale_temp
 @dataclass(frozen=True)
 class Difference:
     """`kind` is "new" (not in the journal), "changed" (size/mtime differ), "missing",
-    "sidecar" (done, but its sidecar is gone), "unrecordable" (a file or directory whose
+    "sidecar" (done, but its sidecar is gone or does not show its Baidu submission yet,
+    see `Journal.stale_sidecars`), "unrecordable" (a file or directory whose
     name is not valid UTF-8, which the journal cannot hold: skipped) or "unreadable" (a
     directory that cannot be listed: its files are neither new nor missing)."""
 
@@ -86,6 +87,7 @@ def reconcile(
     reported missing: an unreadable directory is not a deleted one; the directory itself is
     reported "unreadable", after the files.
     """
+    stale = journal.stale_sidecars(str(root))  # one query; empty but for refreshes failed or under way
     unreadable: set[str] = set()
     skipped: list[str] = []
     disk = walk_sorted(str(root), recursive, wanted, unreadable, skipped)
@@ -106,7 +108,7 @@ def reconcile(
         else:
             if (file[1], file[2]) != (row[1], row[2]):
                 yield Difference("changed", file[0])
-            elif row[3] == DONE and row[4] and not os.path.exists(row[4]):
+            elif row[3] == DONE and (row[0] in stale or (row[4] and not os.path.exists(row[4]))):
                 yield Difference("sidecar", file[0])
             file = next(disk, None)
             row = next(rows, None)

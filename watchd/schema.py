@@ -104,6 +104,7 @@ STATES = (PENDING, UPLOADING, UPLOADED, DONE, FAILED, DELETED)
 QUEUED = "queued"
 SENDING = "sending"
 HELD = "held"
+REFRESH = "refresh"  # a push Baidu has, whose file's sidecar does not show it yet (see Outbox.outbox_sent)
 
 
 @dataclass(frozen=True)

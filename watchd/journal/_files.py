@@ -16,6 +16,7 @@ from watchd.schema import (
     HELD,
     PENDING,
     QUEUED,
+    REFRESH,
     UPLOADED,
     UPLOADING,
     FileRow,
@@ -312,9 +313,9 @@ class Files(Store):
             "UPDATE files SET path = NULL, state = ?, missing_since = NULL, updated_at = ? WHERE id = ?",
             (DELETED, now, file_id),
         )
-        db.execute(
-            "DELETE FROM outbox WHERE file_id = ? AND action = 'push' AND state IN (?, ?, ?)",
-            (file_id, QUEUED, HELD, FAILED),
+        db.execute(  # and a sidecar refresh: the sidecar is gone with its original
+            "DELETE FROM outbox WHERE file_id = ? AND action = 'push' AND state IN (?, ?, ?, ?)",
+            (file_id, QUEUED, HELD, FAILED, REFRESH),
         )
         row = db.execute("SELECT baidu_id, baidu_may_hold FROM files WHERE id = ?", (file_id,)).fetchone()
         if withdraw and row and row[1]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from watchd.journal._services import count_quota
 from watchd.journal._store import Store
-from watchd.schema import DELETED, FAILED, HELD, QUEUED, SENDING, OutboxRow
+from watchd.schema import DELETED, FAILED, HELD, QUEUED, REFRESH, SENDING, OutboxRow
 
 # A push whose file was deleted (tombstoned) meanwhile: when its call is over it is dropped, never
 # queued again, so the withdrawal `Files.tombstone` queued is the last thing Baidu hears of the id.
@@ -39,7 +39,8 @@ def queue_outbox(
 
 
 class Outbox(Store):
-    """Baidu items from queued to sending to gone (sent) or failed."""
+    """Baidu items from queued to sending to gone (sent) or failed; a sent push whose sidecar
+    does not show it yet stays as a refresh until it does."""
 
     def due_outbox(self, action: str, now: float, limit: int) -> list[OutboxRow]:
         return self._outbox_rows(
@@ -83,11 +84,16 @@ class Outbox(Store):
             return True
 
     def outbox_depth(self, action: str | None = None) -> int:
-        sql = "SELECT COUNT(*) FROM outbox WHERE state IN (?, ?, ?)"
+        """Items waiting to be sent (of one `action`), or with no `action`, all Baidu work left,
+        sidecars still to show a submission included (`sync` reports it as still queued)."""
+        sql = "SELECT COUNT(*) FROM outbox WHERE state IN (?, ?, ?"
         args: list[object] = [QUEUED, SENDING, HELD]
         if action:
-            sql += " AND action = ?"
+            sql += ") AND action = ?"
             args.append(action)
+        else:
+            sql += ", ?)"
+            args.append(REFRESH)
         with self._lock:
             return int(self._db.execute(sql, args).fetchone()[0])
 
@@ -137,18 +143,69 @@ class Outbox(Store):
                 count_quota(db, *quota, len(ids))
         return marked, modifies
 
-    def outbox_sent(self, rows: Sequence[OutboxRow], when: str) -> None:
+    def outbox_sent(self, rows: Sequence[OutboxRow], when: str, refresh: Collection[int] = ()) -> None:
         """Baidu has these items (or, for deletes, no longer has them): one transaction.
 
         A sent item leaves the outbox (the file's `pushed_at` says when): nothing reads it
         again, and kept with its payload it cost ~1 KB a file for ever. A withdrawn id is no
-        longer held by Baidu.
+        longer held by Baidu. The pushes in `refresh` (ids) stay, without their payload, as
+        refreshes due now: their files' sidecars are to show the submission, and until
+        `sidecars_refreshed` says they do, a crash or a full disk leaves that to a retry
+        (`due_refreshes`, reconciliation), never to a second push.
         """
         with self._write() as db:
-            db.executemany("DELETE FROM outbox WHERE id = ?", [(row.id,) for row in rows])
+            gone = [(row.id,) for row in rows if row.id not in refresh]
+            db.executemany("DELETE FROM outbox WHERE id = ?", gone)
+            db.executemany(
+                "UPDATE outbox SET state = ?, payload = NULL, attempts = 0, next_attempt_at = 0, "
+                "reason = NULL, updated_at = ? WHERE id = ?",
+                [(REFRESH, time.time(), i) for i in refresh],
+            )
             db.executemany(
                 "UPDATE files SET pushed_at = ?, baidu_may_hold = ? WHERE id = ?",
                 [(when, 1, row.file_id) if row.action == "push" else (None, 0, row.file_id) for row in rows],
+            )
+
+    def due_refreshes(self, now: float, limit: int) -> list[OutboxRow]:
+        """Refreshes of sidecars (see `outbox_sent`) due at `now`, oldest first."""
+        return self._outbox_rows(
+            "state = ? AND action = 'push' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+            (REFRESH, now, limit),
+        )
+
+    def next_refresh_time(self) -> float | None:
+        """When the next refresh of a sidecar is due, None if none is left."""
+        return self._minimum("SELECT MIN(next_attempt_at) FROM outbox WHERE state = ?", (REFRESH,))
+
+    def stale_sidecars(self, directory: str) -> set[str]:
+        """Paths at or below `directory` whose sidecars do not show their Baidu submission yet."""
+        prefix = directory.rstrip("/") + "/"
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT files.path FROM outbox JOIN files ON files.id = outbox.file_id "
+                "WHERE outbox.state = ? AND files.path >= ? AND files.path < ?",
+                (REFRESH, prefix, prefix[:-1] + "0"),
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def sidecars_refreshed(self, ids: Collection[int]) -> None:
+        """These refreshes are done (or moot: the file is gone, or its sidecar never shows Baidu)."""
+        if ids:
+            with self._write() as db:
+                db.executemany("DELETE FROM outbox WHERE id = ? AND state = ?", [(i, REFRESH) for i in ids])
+
+    def sidecar_refreshed(self, file_id: int) -> None:
+        """The file's sidecar was rewritten from its row: whatever refresh it waited for is done."""
+        with self._write() as db:
+            db.execute("DELETE FROM outbox WHERE file_id = ? AND state = ?", (file_id, REFRESH))
+
+    def refresh_later(self, retries: Sequence[tuple[int, str, float]]) -> None:
+        """Refreshes that failed: (id, reason, when to try again), each counted as an attempt."""
+        with self._write() as db:
+            db.executemany(
+                "UPDATE outbox SET reason = ?, next_attempt_at = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE id = ? AND state = ?",
+                [(reason, at, time.time(), i, REFRESH) for i, reason, at in retries],
             )
 
     def outbox_retry(self, ids: Sequence[int], reason: str, at: float) -> None:
