@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import json
 import logging
 import os
 import stat
@@ -53,11 +54,13 @@ from watchd.sidecar import (
     write_atomic,
 )
 from watchd.templates import file_context, render
+from watchd.templates import validate as template_fields
 
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", "~", ".swp", ".!sync")
 CONFIG_PAUSE_RECHECK = 3600.0
+SIDECAR_MAX = 65536  # bytes: far more than any sidecar watchd writes; a bigger file is not one
 
 
 class Intake(enum.Enum):
@@ -274,7 +277,7 @@ class Pipeline:
             upload = self._upload(row, rules)
             if isinstance(upload, str):
                 return upload
-            return self._finish(row.with_upload(upload), rules, upload)
+            return self._finish(row, rules, upload)
         if row.state != j.UPLOADED:
             return "gone"
         if not os.path.lexists(row.path):  # no sidecar next to nothing (an unmounted share?)
@@ -418,12 +421,14 @@ class Pipeline:
         self.journal.record_retry(row.id, state, kind, reason, at)
         return outcome
 
-    def _finish(self, row: FileRow, rules: EffectiveRules, upload: UploadResult | None = None) -> str:
+    def _finish(self, recorded: FileRow, rules: EffectiveRules, upload: UploadResult | None = None) -> str:
         """Write the sidecar and record it (with `upload`, the upload too, in one transaction).
 
-        Whatever goes wrong before that transaction, a fresh upload is recorded first, so
+        `recorded` is the row as the journal holds it, `upload` a fresh upload it does not hold
+        yet. Whatever goes wrong before that transaction, a fresh upload is recorded first, so
         it is never sent again.
         """
+        row = recorded if upload is None else recorded.with_upload(upload)
         try:
             push, push_error = self._push_payload(row, rules)
             sidecar = self.write_sidecar(row, rules)
@@ -453,6 +458,8 @@ class Pipeline:
             raise
         if row.sidecar_path and row.sidecar_path != str(sidecar):  # before the record: see `move`
             self._remove_old_sidecar(row.sidecar_path)
+        elif not row.sidecar_path and upload is not None:  # one named by the last upload's {id}
+            self._remove_unrecorded_sidecar(recorded, rules, keep=sidecar)
         if upload is None:
             self.journal.record_done(row.id, str(sidecar), push, push_error)
         else:
@@ -608,18 +615,51 @@ class Pipeline:
         What Baidu may hold is withdrawn unless `delete: false` where the file was last seen,
         even where its rules now say `baidu: false` (it was submitted from somewhere else, or
         before the rule changed). Returns whether a Baidu withdrawal may have been queued.
+        A sidecar the journal never recorded (watchd was killed between writing and recording
+        it) is removed as well, if it provably is this file's: see `_remove_unrecorded_sidecar`.
         """
         try:
-            withdraw = self.settings.baidu is not None and self.resolver.rules_for(Path(row.last_path)).delete
+            rules: EffectiveRules | None = self.resolver.rules_for(Path(row.last_path))
         except RuleFileError:
-            withdraw = self.settings.baidu is not None
+            rules = None
+        withdraw = self.settings.baidu is not None and (rules is None or rules.delete)
         with self.sidecar_lock:
             if row.sidecar_path:
                 self._remove_old_sidecar(row.sidecar_path)
+            elif rules is not None:
+                self._remove_unrecorded_sidecar(row, rules)
             self.journal.tombstone(row.id, withdraw)
         withdrawn = withdraw and row.baidu_may_hold  # what the journal's tombstone decides from
         log.info("deleted: %s%s", row.last_path, " (withdrawal from Baidu queued)" if withdrawn else "")
         return withdraw
+
+    def _remove_unrecorded_sidecar(
+        self, row: FileRow, rules: EffectiveRules, keep: Path | None = None
+    ) -> None:
+        """`row` records no sidecar, yet watchd may have written one and been killed before
+        recording it: remove the file `rules` name for the row's last path and recorded upload
+        if it provably is that sidecar (`_written_for`) and is neither `keep` nor another file's
+        sidecar. Anything else of that name is not watchd's: it stays, with a warning.
+        """
+        if row.uploaded() is None and (row.sha256 is None or "id" in template_fields(rules.sidecar_name)):
+            return  # nothing was sent, or its sidecar is named by an id the journal never got
+        try:
+            context = self._context(replace(row, path=row.last_path))
+            target = sidecar_path(Path(row.last_path), rules.sidecar_name, context)
+        except ValueError:  # no longer in its folder, or a template that names no file here
+            return
+        if target == keep or not os.path.lexists(target) or self.journal.sidecar_owner(str(target), row.id):
+            return
+        if not _written_for(target, row, rules.sidecar_format):
+            log.warning(
+                "kept %s: it may be a sidecar of %s that watchd wrote before it was stopped, but its "
+                "content does not prove it; remove it by hand if it is",
+                target,
+                row.last_path,
+            )
+            return
+        self._remove_old_sidecar(str(target))
+        log.info("removed %s, a sidecar of %s an interrupted run had not recorded", target, row.last_path)
 
     def _remove_old_sidecar(self, sidecar: str) -> None:
         """A sidecar that no longer belongs to a file: removed, or left with a warning (the
@@ -638,6 +678,40 @@ class Pipeline:
     def _pause_end(self, service: str) -> float:
         until = self.paused_until(service) or 0.0
         return until if until != float("inf") else self.clock() + CONFIG_PAUSE_RECHECK
+
+
+def _written_for(sidecar: Path, row: FileRow, fmt: str) -> bool:
+    """Whether `sidecar` is provably what watchd wrote for `row` in format `fmt`: a regular file
+    (a link is never followed) holding, in json, the record of the row's upload (its `id` and
+    `link`) or, where the journal holds no upload (killed before recording it), of the content
+    the row claimed to send (`sha256`, and the original's `name`); in any other format, the
+    row's link."""
+    try:
+        fd = os.open(sidecar, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        data = os.read(fd, SIDECAR_MAX + 1)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if len(data) > SIDECAR_MAX:
+        return False
+    if fmt != "json":
+        return row.link is not None and row.link in data.decode("utf-8", errors="replace")
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return False
+    if not isinstance(record, dict):
+        return False
+    if row.link is not None:
+        return record.get("link") == row.link and record.get("id") == (row.remote_id or "")
+    name = os.path.basename(row.last_path)
+    return row.sha256 is not None and record.get("sha256") == row.sha256 and record.get("name") == name
 
 
 def _clock_time(when: float) -> str:
