@@ -61,7 +61,7 @@ from watchd.workers import Done, UploadWorkers
 
 log = logging.getLogger(__name__)
 
-JOURNAL_RETRY_SECONDS = 5.0
+JOURNAL_PROBE_INTERVAL = 1.0  # while the journal cannot be written, how often it is tried again
 STATUS_INTERVAL = 1.0
 TAKE_IN_CHUNK = 32
 # A file moved in from another watched folder arrives before the other folder's watch
@@ -126,6 +126,7 @@ class Engine:
         self.last_error = ""
         self._facts: queue.SimpleQueue[Fact | Done | _TakeIn | _Control] = queue.SimpleQueue()
         self._stopping = False
+        self._journal_retry_at: float | None = None  # while the journal cannot be written: next try
         self.workers = UploadWorkers(
             settings.concurrency,
             lambda file_id: self.pipeline.process(file_id),
@@ -338,6 +339,9 @@ class Engine:
             fact = self._facts.get(timeout=self._timeout())
         except queue.Empty:
             fact = None
+        # Tried before the facts, any of which may fail on the journal: a stream of them must
+        # not keep it from being tried.
+        journal_back = self._journal_back(self.clock())
         while fact is not None:
             if (screened := self._screen(fact)) is not None:
                 self._handle_safely(screened)
@@ -345,6 +349,8 @@ class Engine:
                 fact = self._facts.get_nowait()
             except queue.Empty:
                 fact = None
+        if not journal_back:  # nothing is due meanwhile; settled files wait in the settler
+            return False
         now = self.clock()
         for path in self._settler.settled(now):
             self._intake(path, settled=True)
@@ -354,35 +360,57 @@ class Engine:
         return until_idle and self._idle(now)
 
     def _journal_trouble(self, exc: sqlite3.Error) -> None:
-        """The journal cannot be written (full or read-only disk): wait, then pick up again.
+        """The journal cannot be written (full or read-only disk): all work waits for it as a
+        whole, said once, however many writes fail meanwhile (each worker's file, each event);
+        `_journal_back` tries it again every JOURNAL_PROBE_INTERVAL.
 
         SQLite rolls back what it could not write, so nothing is half-recorded; facts lost
-        meanwhile are found again by the full reconciliation queued here.
+        meanwhile are found again by the full reconciliation once it is back.
         """
+        if self._journal_retry_at is not None:
+            return
+        self._journal_retry_at = self.clock() + JOURNAL_PROBE_INTERVAL
         log.error(
             "cannot write the journal %s (%s): free space on that disk or make it writable; "
-            "watchd retries every %.0f s and loses nothing",
+            "watchd waits for it, trying every %.0f s, and loses nothing",
             self.journal.path,
             exc,
-            JOURNAL_RETRY_SECONDS,
+            JOURNAL_PROBE_INTERVAL,
         )
         self.notifier.status(f"journal not writable: {exc}")
-        time.sleep(JOURNAL_RETRY_SECONDS)
+
+    def _journal_back(self, now: float) -> bool:
+        """Whether the journal can be written again, tried once its wait is over. A try is one
+        small write, so a disk that stays full costs nothing; once it passes, interrupted
+        uploads are queued again and every folder is reconciled."""
+        if self._journal_retry_at is None:
+            return True
+        if now < self._journal_retry_at:
+            return False
         try:
+            self.journal.probe()
             self.journal.recover(exclude=self.workers.in_flight, outbox=False)
         except sqlite3.Error:
-            return
+            self._journal_retry_at = now + JOURNAL_PROBE_INTERVAL
+            return False
+        self._journal_retry_at = None
+        log.info("the journal %s can be written again; work resumes", self.journal.path)
+        self._status_dirty = True
         self.upkeep.rescan_all()
+        return True
 
     def _timeout(self) -> float:
         now = self.clock()
-        deadlines = self._settler.deadlines() + self.upkeep.deadlines()
-        if self.workers.free() > 0 and (due := self.journal.next_due_time()) is not None:
-            deadlines.append(due)
-        if self._departing(now):
-            deadlines.append(now + self.grace)
-        if self._status_dirty and self.notifier.enabled:
-            deadlines.append(now + max(0.0, self._status_sent + STATUS_INTERVAL - time.monotonic()))
+        if self._journal_retry_at is not None:  # nothing else is done until the journal is back
+            deadlines = [self._journal_retry_at]
+        else:
+            deadlines = self._settler.deadlines() + self.upkeep.deadlines()
+            if self.workers.free() > 0 and (due := self.journal.next_due_time()) is not None:
+                deadlines.append(due)
+            if self._departing(now):
+                deadlines.append(now + self.grace)
+            if self._status_dirty and self.notifier.enabled:
+                deadlines.append(now + max(0.0, self._status_sent + STATUS_INTERVAL - time.monotonic()))
         interval = self.notifier.watchdog_interval()
         return max(0.005, min([30.0, (interval or 30.0), *(d - now for d in deadlines)]))
 
@@ -465,8 +493,8 @@ class Engine:
                     for file_path in paths:
                         self._intake(file_path, settled=False)
                 self._dispatch(self.clock())
-            case Done(file_id, outcome, path):
-                self._finished(file_id, outcome, path)
+            case Done(file_id, outcome, path, error):
+                self._finished(file_id, outcome, path, error)
             case _Control("stop"):
                 self._stopping = True
             case _Control("reload"):
@@ -572,17 +600,18 @@ class Engine:
     # -- workers -----------------------------------------------------------------------
 
     def _dispatch(self, now: float) -> None:
-        """Hand due files to the workers, keeping each one's next file queued behind it."""
+        """Hand due files to the workers, keeping each one's next file queued behind it (none
+        while the journal cannot be written: each would fail on it)."""
         free = self.workers.free()
-        if free > 0 and not self._stopping:
+        if free > 0 and not self._stopping and self._journal_retry_at is None:
             self.workers.dispatch(self.journal.due_uploads(now, free, self.workers.in_flight))
 
-    def _finished(self, file_id: int, outcome: str, path: str | None) -> None:
+    def _finished(self, file_id: int, outcome: str, path: str | None, error: str | None = None) -> None:
         seconds = self.workers.finished(file_id)
         if self.metrics is not None:
             self.metrics.observe(outcome, seconds)
-        if outcome == "journal":
-            raise sqlite3.OperationalError("a worker could not write the journal")
+        if outcome == "journal":  # its writes were rolled back: it is due again once the journal is back
+            raise sqlite3.OperationalError(error or "a worker could not write the journal")
         held = self._after_work.pop(file_id, [])
         for fact in held:  # in the order they came: a rename of a rename, then maybe a deletion
             if isinstance(fact, Moved):
@@ -673,7 +702,7 @@ class Engine:
                 continue
             if isinstance(fact, Done):
                 with contextlib.suppress(sqlite3.Error):
-                    self._finished(fact.file_id, fact.outcome, fact.path)
+                    self._finished(fact.file_id, fact.outcome, fact.path, fact.error)
         if self.workers.in_flight:
             log.warning(
                 "%d uploads still in flight at shutdown; they resume at the next start",

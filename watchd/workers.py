@@ -36,6 +36,7 @@ class Done:
     file_id: int
     outcome: str
     path: str | None = None  # where the file was when dispatched
+    error: str | None = None  # with outcome "journal": why the journal could not be written
 
 
 class UploadWorkers:
@@ -104,14 +105,15 @@ class UploadWorkers:
             if self._stopping():  # not started: it stays queued in the journal for the next run
                 self._report(Done(file_id, "skipped", path))
                 continue
-            self._report(Done(file_id, self._outcome(file_id), path))
+            outcome, error = self._outcome(file_id)
+            self._report(Done(file_id, outcome, path, error))
 
-    def _outcome(self, file_id: int) -> str:
+    def _outcome(self, file_id: int) -> tuple[str, str | None]:
         try:
-            return self._process(file_id)
-        except sqlite3.Error as exc:  # the journal is not writable: the loop backs off
-            log.error("cannot record the work on file #%d in the journal: %s", file_id, exc)
-            return "journal"
+            return self._process(file_id), None
+        except sqlite3.Error as exc:  # the journal is not writable: the loop waits for it, and says so once
+            log.debug("cannot record the work on file #%d in the journal: %s", file_id, exc)
+            return "journal", str(exc)
         except Exception as exc:  # a bug must not kill the worker or lose the file
             log.exception(
                 "internal error processing file #%d; retrying in %.0f s", file_id, INTERNAL_ERROR_RETRY
@@ -122,4 +124,4 @@ class UploadWorkers:
                 retry_at = self._clock() + INTERNAL_ERROR_RETRY
                 reason = redact(f"internal error: {type(exc).__name__}: {exc}")[:300]  # not repr(): args
                 self._journal.record_retry(file_id, state, "internal", reason, retry_at)
-            return "retry"
+            return "retry", None

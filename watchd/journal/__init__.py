@@ -91,3 +91,9 @@ class Journal(Files, Vanished, Outbox, Services, Status):
                 if file_id not in exclude
             )
         return files, self.requeue_sending() if outbox else 0
+
+    def probe(self) -> None:
+        """Raise sqlite3.Error unless the journal can be written now (a full or read-only disk
+        fails it): one write of a page that changes nothing, the schema version."""
+        with self._write() as db:
+            db.execute(f"PRAGMA user_version = {self.schema_version}")
