@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import StartDaemon, run_cli, write_config
+from tests.conftest import StartDaemon, run_cli, wait_for, write_config
 from tests.imagegen import png
 from watchd.cli import main
 from watchd.emulator import Emulator
@@ -84,6 +85,59 @@ def test_check_with_a_broken_rule_file_prints_the_report_and_fails(
     assert f"folder {folder}" in out and "BROKEN, files below are not uploaded" in out  # the whole report
     assert "config OK" not in out
     assert f"{folder / 'a' / '.watchd.yaml'}:1: titel: unknown key" in err
+
+
+def test_check_fails_where_baidu_is_turned_on_without_a_baidu_section(
+    tmp_path: Path, emulator: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "pics"
+    (folder / "sub").mkdir(parents=True)
+    rule_file = folder / "sub" / ".watchd.yaml"
+    rule_file.write_text("baidu: true\n", encoding="utf-8")
+    config = write_config(
+        tmp_path / "c.yaml",
+        emulator,
+        [{"path": folder, "rules": {"baidu": True}}],
+        state_dir=tmp_path / "s",
+        baidu=False,
+    )
+    line = config.read_text().splitlines().index('    rules: {"baidu": true}') + 1
+    assert main(["check", "-c", str(config)]) == 2
+    out, err = capsys.readouterr()
+    assert f"folder {folder}" in out and "config OK" not in out  # the whole report, then the problems
+    assert f"{config}:{line}: folders[0].rules.baidu: is true, but this file has no baidu: section" in err
+    assert f"{rule_file}:1: baidu: is true, but {config} has no baidu: section" in err
+    assert err.count("add one with app_id and app_token") == 2
+    rule_file.write_text("baidu: false\n", encoding="utf-8")
+    config.write_text(config.read_text().replace('{"baidu": true}', '{"baidu": false}'), encoding="utf-8")
+    assert main(["check", "-c", str(config)]) == 0
+
+
+def test_the_daemon_warns_of_baidu_turned_on_without_a_baidu_section_at_start_and_reload(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(
+        tmp_path / "c.yaml",
+        emulator,
+        [{"path": folder, "rules": {"baidu": True}}],
+        state_dir=tmp_path / "s",
+        baidu=False,
+    )
+    daemon = start_daemon(config)
+
+    def warnings() -> list[str]:
+        lines = [json.loads(line) for line in daemon.log().splitlines() if "rules.baidu: is true" in line]
+        assert all(line["level"] == "warning" for line in lines)
+        return [line["msg"] for line in lines]
+
+    assert len(warnings()) == 1
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in daemon.log())
+    assert len(warnings()) == 2
+    assert daemon.stop() == 0
 
 
 def test_emulator_that_cannot_listen_says_why(capsys: pytest.CaptureFixture[str]) -> None:

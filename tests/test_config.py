@@ -310,6 +310,37 @@ def test_cross_checks(tmp_path: Path) -> None:
     ]
 
 
+def test_baidu_turned_on_without_a_baidu_section_is_named_wherever_it_is(tmp_path: Path) -> None:
+    photos, flat = tmp_path / "photos", tmp_path / "flat"
+    for directory in (photos / "sub", photos / ".hidden", flat / "sub"):
+        directory.mkdir(parents=True)
+    (photos / ".watchd.yaml").write_text("baidu: false\n", encoding="utf-8")
+    (photos / "sub" / ".watchd.yaml").write_text("tags: [cats]\nbaidu: true\n", encoding="utf-8")
+    (photos / ".hidden" / ".watchd.yaml").write_text("baidu: true\n", encoding="utf-8")  # nothing published
+    (flat / "sub" / ".watchd.yaml").write_text("baidu: true\n", encoding="utf-8")  # flat is not recursive
+    text = """
+        hosts:
+          me: {type: imageban, secret_key: a}
+        defaults:
+          baidu: true
+        folders:
+          - path: photos
+          - path: flat
+            recursive: false
+            rules: {baidu: true}
+        """
+    config = write(tmp_path, text)
+    _report, problems = describe(load_settings(config))
+    assert [problem.split(", so ")[0] for problem in problems] == [
+        f"{config}:4: defaults.baidu: is true, but this file has no baidu: section",
+        f"{config}:9: folders[1].rules.baidu: is true, but this file has no baidu: section",
+        f"{photos / 'sub' / '.watchd.yaml'}:2: baidu: is true, but {config} has no baidu: section",
+    ]
+    assert all("add one with app_id and app_token" in problem for problem in problems)
+    configured = write(tmp_path, text + "baidu: {app_id: a, app_token: b}\n")
+    assert describe(load_settings(configured))[1] == []
+
+
 def test_required_sections(tmp_path: Path) -> None:
     config = write(tmp_path, "# nothing yet\n")
     assert problems_of(config) == [

@@ -287,3 +287,26 @@ def test_describe_shows_api_addresses_without_their_login_or_query(tmp_path: Pat
 
     assert "https://img.example/api," in text
     assert "pa55" not in text and "qk-77" not in text and "gate" not in text
+
+
+def test_a_rule_file_turning_baidu_on_without_a_baidu_section_is_warned_of_once_each_time_it_is_read(
+    tmp_path: Path, photos: Path
+) -> None:
+    settings = settings_for(tmp_path, f"defaults: {{host: me}}\nfolders:\n  - path: {photos}\n", baidu=False)
+    rules = rule_file(photos / "sub", "tags: [a]\nbaidu: true\n")
+    heard: list[str] = []
+    resolver = RuleResolver(settings, warn=heard.append)
+
+    assert not resolver.rules_for(photos / "sub" / "a.png").baidu  # nothing to submit to
+    resolver.rules_for(photos / "sub" / "b.png")
+    assert len(heard) == 1 and heard[0].startswith(f"{rules}:2: baidu: is true, but ")
+    assert "has no baidu: section" in heard[0]
+
+    os.utime(rules, ns=(1, 1))  # edited: read again, and said again
+    resolver.rules_for(photos / "sub" / "a.png")
+    assert len(heard) == 2
+
+    configured = settings_for(tmp_path, f"defaults: {{host: me}}\nfolders:\n  - path: {photos}\n")
+    quiet: list[str] = []
+    RuleResolver(configured, warn=quiet.append).rules_for(photos / "sub" / "a.png")
+    assert quiet == []

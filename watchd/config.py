@@ -48,6 +48,11 @@ M = TypeVar("M", bound=BaseModel)
 DEFAULT_IMAGEBAN_URL = "https://api.imageban.ru/v1"
 DEFAULT_BAIDU_BASE = "https://baijiahao.baidu.com/builderinner/open/resource/image"
 GUEST_QUOTA, ACCOUNT_QUOTA = 1000, 1500
+NO_BAIDU_SECTION = (
+    "is true, but {config} has no baidu: section, so nothing is ever submitted to Baidu: add one "
+    "with app_id and app_token (or app_id_file / app_token_file; api_base, daily_quota, "
+    "quota_reset_tz, linger and timeout are optional, see config.example.yaml), or remove this key"
+)
 
 
 # -- field types ---------------------------------------------------------------------------
@@ -361,6 +366,7 @@ class Settings(_Model):
     metrics: MetricsSettings | None = None
     _config_path: Path | None = PrivateAttr(default=None)
     _warnings: tuple[str, ...] = PrivateAttr(default=())
+    _baidu_on: tuple[str, ...] = PrivateAttr(default=())  # see `baidu_without_section`
 
     @field_validator("state_dir")
     @classmethod
@@ -441,12 +447,37 @@ def load_settings(path: Path, *, read_secrets: bool = True) -> Settings:
     document.check()
     assert settings is not None  # validation failed only if it added problems
     settings._config_path = path.absolute()
+    if settings.baidu is None:
+        layers: list[tuple[Loc, Rules]] = [(("defaults",), settings.defaults)]
+        layers += [(("folders", i, "rules"), folder.rules) for i, folder in enumerate(settings.folders)]
+        settings._baidu_on = tuple(
+            f"{document.locate((*loc, 'baidu'))}: {NO_BAIDU_SECTION.format(config='this file')}"
+            for loc, rules in layers
+            if rules.baidu
+        )
     if external.inline and stat.S_IMODE(mode) & 0o077:
         settings._warnings = (
             f"{source}: holds secrets inline ({', '.join(external.inline)}) and is readable by group/others: "
             f"run chmod 600 {source}, or move them to ${{VAR}} or *_file",
         )
     return settings
+
+
+def baidu_without_section(settings: Settings) -> list[str]:
+    """Where the main config turns Baidu on (`defaults`, `folders[].rules`) though it has no
+    `baidu:` section, so that nothing is ever submitted: not an error, as uploads go on
+    regardless, but `watchd check` fails on it and the daemon warns at start and reload.
+    Rule files are checked as they are read (`baidu_in_vain`)."""
+    return list(settings._baidu_on)
+
+
+def baidu_in_vain(rule_file: Path, text: str, rules: Rules, settings: Settings) -> str | None:
+    """The problem of a rule file (`text`, parsed as `rules`) that turns Baidu on while the
+    config has no `baidu:` section; None if it does not."""
+    if not rules.baidu or settings.baidu is not None:
+        return None
+    where = Document(text, str(rule_file)).locate(("baidu",))
+    return f"{where}: {NO_BAIDU_SECTION.format(config=settings.config_path or 'the config')}"
 
 
 def parse_rules(text: str, source: str, hosts: Collection[str]) -> Rules:

@@ -109,10 +109,16 @@ class Document:
                 self._record(item, (*loc, index), seen)
 
     def add(self, loc: Loc, text: str) -> None:
-        """Record a problem at `loc`, on the line of its nearest enclosing key or item."""
-        line = next(self.lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in self.lines)
-        where = f"{self.source}:{line}: {_dotted(loc)}" if loc else f"{self.source}:{line}"
-        self._problems.append((line, f"{where}: {text}"))
+        """Record a problem at `loc` (where: see `locate`)."""
+        self._problems.append((self._line(loc), f"{self.locate(loc)}: {text}"))
+
+    def locate(self, loc: Loc) -> str:
+        """``file:line: dotted.key`` for `loc`, on the line of its nearest enclosing key or item."""
+        line = self._line(loc)
+        return f"{self.source}:{line}: {_dotted(loc)}" if loc else f"{self.source}:{line}"
+
+    def _line(self, loc: Loc) -> int:
+        return next(self.lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in self.lines)
 
     def check(self) -> None:
         """Raise ConfigError with every problem recorded, in line order, if there is any."""

@@ -26,7 +26,7 @@ from typing import Protocol
 from watchd import journal as j
 from watchd.batcher import SERVICE as BAIDU
 from watchd.batcher import BaiduBatcher
-from watchd.config import Settings, load_settings
+from watchd.config import Settings, baidu_without_section, load_settings
 from watchd.departures import Departures, FolderAvailability
 from watchd.errors import ConfigError
 from watchd.guard import DeleteGuard
@@ -255,6 +255,7 @@ class Engine:
 
     def _start(self, *, watch: bool) -> None:
         """Resume what a previous process left, start the threads, queue a full reconciliation."""
+        _warn_of_dead_keys(self.settings)
         requeued = self.journal.recover()
         if any(requeued):
             log.info("resuming after an interruption: %d uploads and %d Baidu items requeued", *requeued)
@@ -685,6 +686,7 @@ class Engine:
         self._lift_pauses_a_new_configuration_may_fix()
         self.journal.rejudge_held_deletes()
         self._build(settings)
+        _warn_of_dead_keys(settings)
         self._start_batcher()
         self.upkeep.restart()
         self.upkeep.rescan_all()
@@ -724,6 +726,13 @@ class Engine:
         today = sum(gate.used_today() for gate in self.pipeline.quotas.values())
         line = f"{queued} queued, {today} uploaded today, {counts[j.FAILED]} failed"
         return f"{line}; last error: {self.last_error}" if self.last_error else line
+
+
+def _warn_of_dead_keys(settings: Settings) -> None:
+    """Say what in the configuration does nothing (`watchd check` fails on it), once per start
+    or reload: `baidu: true` without a `baidu:` section would otherwise go unnoticed."""
+    for problem in baidu_without_section(settings):
+        log.warning("%s", problem)
 
 
 def _longest_timeout(settings: Settings) -> float:

@@ -17,15 +17,27 @@ directory.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TypeVar
 
-from watchd.config import FolderSettings, Rules, Settings, SidecarRules, parse_rules
+from watchd.config import (
+    FolderSettings,
+    Rules,
+    Settings,
+    SidecarRules,
+    baidu_in_vain,
+    baidu_without_section,
+    parse_rules,
+)
 from watchd.errors import ConfigError, display_url
+
+log = logging.getLogger(__name__)
 
 RULE_FILE_NAME = ".watchd.yaml"
 _T = TypeVar("_T")
@@ -117,8 +129,11 @@ class _Cached:
 class RuleResolver:
     """Answers "which folder, which rules, is it wanted" for paths. Safe to share between threads."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, warn: Callable[[str], None] | None = None) -> None:
+        """`warn` hears, once each time a rule file is read, what in it works but does nothing
+        (`baidu_in_vain`); by default it is logged."""
         self.settings = settings
+        self._warn = warn or log.warning
         self._cache: dict[Path, _Cached] = {}
         self._lock = threading.Lock()
 
@@ -202,12 +217,15 @@ class RuleResolver:
     def _parse(self, rule_file: Path, key: tuple[int, int]) -> _Cached:
         try:
             text = rule_file.read_text(encoding="utf-8")
-            return _Cached(key, parse_rules(text, str(rule_file), self.settings.hosts), [])
+            rules = parse_rules(text, str(rule_file), self.settings.hosts)
         except ConfigError as exc:
             return _Cached(key, None, exc.problems)
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             return _Cached(key, None, [f"{rule_file}: cannot read: {reason} (fix it or remove it)"])
+        if (notice := baidu_in_vain(rule_file, text, rules, self.settings)) is not None:
+            self._warn(notice)
+        return _Cached(key, rules, [])
 
 
 def _rule_files(folder: FolderSettings, directory: Path) -> list[Path]:
@@ -221,7 +239,8 @@ def _rule_files(folder: FolderSettings, directory: Path) -> list[Path]:
 
 def describe(settings: Settings) -> tuple[str, list[str]]:
     """The hosts, Baidu, and the effective rules per folder and per rule file below it; and
-    the problems of the broken rule files, each once (files below those are not uploaded).
+    the problems of the broken rule files, each once (files below those are not uploaded),
+    then what is set but does nothing (`baidu: true` with Baidu not configured).
 
     For `watchd check`: human-readable, never shows a secret.
     """
@@ -241,7 +260,8 @@ def describe(settings: Settings) -> tuple[str, list[str]]:
         quota = baidu.daily_quota or "learned from the API"
         lines.append(f"baidu: {display_url(baidu.api_base)}, quota {quota} (day in {baidu.quota_reset_tz})")
     lines.append(f"state_dir: {settings.state_dir}; concurrency: {settings.concurrency}")
-    resolver = RuleResolver(settings)
+    problems = baidu_without_section(settings)  # and those of rule files, as they are read
+    resolver = RuleResolver(settings, warn=problems.append)
     for folder in settings.folders:
         watch = {None: "auto", True: "polling", False: "inotify"}[folder.poll]
         recursive = "recursive" if folder.recursive else "this directory only"
@@ -258,7 +278,7 @@ def describe(settings: Settings) -> tuple[str, list[str]]:
                 broken += [problem for problem in exc.problems if problem not in broken]
                 continue
             lines += [f"    {line}" for line in _rule_lines(rules, settings)]
-    return "\n".join(lines), broken
+    return "\n".join(lines), broken + problems
 
 
 def _directories_with_rules(folder: FolderSettings) -> list[Path]:
@@ -266,7 +286,7 @@ def _directories_with_rules(folder: FolderSettings) -> list[Path]:
     found = [folder.path]
     if folder.recursive and folder.path.is_dir():
         for top, dirs, files in os.walk(folder.path):
-            dirs.sort()
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # nothing is published there
             if RULE_FILE_NAME in files and Path(top) != folder.path:
                 found.append(Path(top))
     return found
