@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import StartDaemon, run_cli, wait_for, write_config
 from tests.imagegen import png
+from tests.test_resilience import small_filesystem
 from watchd.cli import main
 from watchd.emulator import Emulator
 
@@ -397,3 +400,27 @@ def test_sync_fails_and_says_so_when_a_watched_folder_is_unavailable(
     assert f"sync: watched folder {missing} is unavailable" in result.stderr
     missing.mkdir()
     assert run_cli("sync", "-c", str(config)).returncode == 0
+
+
+def test_sync_whose_journal_disk_is_full_says_so_instead_of_a_traceback(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    with small_filesystem(tmp_path / "state", "1m") as state:
+        config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state)
+        emulator.set_faults(http_error_rate=1.0)  # a first sync leaves an outage pause, which a start lifts
+        (folder / "a.png").write_bytes(png(10, 10))
+        (folder / "b.png").write_bytes(png(11, 10))
+        assert run_cli("sync", "-c", str(config)).returncode == 1
+        emulator.set_faults(http_error_rate=0.0)
+        # Held open here, its WAL files stay: the next start opens the journal, then cannot write it.
+        with contextlib.closing(sqlite3.connect(state / "journal.sqlite3")) as db:
+            db.execute("SELECT COUNT(*) FROM files").fetchone()
+            with open(state / "filler", "wb", buffering=0) as out, contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * 4096)
+            result = run_cli("sync", "-c", str(config))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"cannot write the journal in {state}: database or disk is full; free space" in result.stderr

@@ -154,13 +154,29 @@ def _engine(settings: Settings, progress: Progress | None = None) -> Engine:
         return Engine(settings, progress=progress)
     except (OSError, sqlite3.Error) as exc:
         raise WatchdError(
-            f"cannot open the journal in {settings.state_dir}: {exc}; "
-            "check state_dir in the config and that this user may write there"
+            f"cannot open the journal in {settings.state_dir}: {exc}; check state_dir in the config, "
+            "that this user may write there and that its disk has free space"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _journal_writable(settings: Settings) -> Iterator[None]:
+    """A message instead of a traceback when the journal stops taking writes before the engine
+    can wait for it (while starting): SQLite rolled back, so nothing is half-recorded."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise WatchdError(
+            f"cannot write the journal in {settings.state_dir}: {exc}; free space on its disk or make "
+            "it writable, then run this again: nothing is lost"
         ) from exc
 
 
 def _run(args: argparse.Namespace) -> int:
-    return _engine(_settings(args)).run()
+    settings = _settings(args)
+    engine = _engine(settings)
+    with _journal_writable(settings):
+        return engine.run()
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -169,7 +185,8 @@ def _sync(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with SyncProgress(sys.stderr) as progress:
         engine = _engine(settings, progress)
-        code = engine.sync()
+        with _journal_writable(settings):
+            code = engine.sync()
     outcomes = engine.outcomes
     summary = (
         f"sync: {outcomes['done']} published, {outcomes['failed']} failed, "
