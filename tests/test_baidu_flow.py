@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -475,3 +477,32 @@ def test_forget_refuses_to_orphan_an_entry_the_rules_keep_unless_forced(
     assert forced.returncode == 0 and "forgotten" in forced.stdout
     assert run_cli("sync", "-c", str(config)).returncode == 0
     assert deletes(emulator) == [] and len(emulator.baidu_index()) == 2  # as the user chose
+
+
+def test_a_batcher_that_cannot_write_the_journal_says_so_once_without_a_traceback(
+    setup: tuple[Path, Path, Path], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, _public, _private = setup
+    engine = Engine(load_settings(config))
+    batcher = engine.batcher
+    assert batcher is not None
+    looks = []
+
+    def full_disk(*, force: bool) -> float:
+        looks.append(force)
+        if len(looks) == 3:
+            batcher.stop()
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(batcher, "flush", full_disk)
+    monkeypatch.setattr(batcher._wake, "wait", lambda timeout: True)  # no 30 s naps here
+    with caplog.at_level(logging.ERROR, logger="watchd.batcher"):
+        batcher.run_forever()
+    assert len(looks) == 3
+    said = [r for r in caplog.records if r.name == "watchd.batcher"]
+    assert [r.getMessage() for r in said] == [
+        "Baidu work waits for the journal, which cannot be written (database or disk is full); "
+        "trying every 30 s"
+    ]
+    assert said[0].exc_info is None
+    engine.journal.close()

@@ -99,9 +99,19 @@ class BaiduBatcher:
         self._wake.set()
 
     def run_forever(self) -> None:
+        journal_failing = False  # said once per spell: the engine reports the journal too
         while not self._stop.is_set():
             try:
                 wait = self.flush(force=False)
+                journal_failing = False
+            except sqlite3.Error as exc:  # a full or read-only disk: nothing was half-recorded
+                if not journal_failing:
+                    log.error(
+                        "Baidu work waits for the journal, which cannot be written (%s); trying every 30 s",
+                        exc,
+                    )
+                journal_failing = True
+                wait = 30.0
             except Exception:
                 log.exception("Baidu batcher failed; retrying in 30 s")
                 wait = 30.0
