@@ -47,7 +47,7 @@ STEPS: tuple[tuple[str, str, str], ...] = (
     ("watchd.journal._files", "Files.due_uploads", "  journal: due uploads"),
     ("watchd.batcher", "BaiduBatcher.run_forever", "Baidu batcher thread"),
     ("watchd.indexers.baidu", "BaiduIndexer.push", "  pushPic calls"),
-    ("watchd.batcher", "BaiduBatcher._refresh_sidecar", "  json sidecars rewritten with pushed_at"),
+    ("watchd.batcher", "BaiduBatcher._refresh_sidecars", "  json sidecars rewritten with pushed_at"),
     ("watchd.pipeline", "Pipeline.write_sidecar", "any thread: sidecar writes (upload, push)"),
     ("watchd.pipeline", "write_atomic", "  of which temp file, write, fsync, rename"),
     ("watchd.rules", "RuleResolver.rules_for", "any thread: resolving a file's rules"),
