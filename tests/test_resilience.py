@@ -442,6 +442,11 @@ def test_a_sidecar_refresh_lost_to_a_full_disk_is_left_queued_and_done_by_the_ne
         patch.setattr(pipeline_module, "write_atomic", full_for_the_refresh)
         assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 1  # reported as left to do
     assert len(pushes(emulator)) == 1 and not pushed(image)
+    shown = json.loads(run_cli("status", "--json", "-c", str(config)).stdout)
+    assert shown["baidu"]["sidecars_to_update"] == 1
+    [waiting] = shown["sidecar_failures"]
+    assert waiting["path"] == str(image) and "No space left on device" in waiting["reason"]
+    assert "sidecar update waits" in run_cli("status", "-c", str(config)).stdout
     # Space is back, the refresh's backoff still runs (the clock stands): this start's
     # reconciliation rewrites the sidecar, with no second push and no upload.
     assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 0

@@ -32,7 +32,10 @@ def build_status(settings: Settings, journal: Journal, now: float | None = None)
     baidu_by_root = journal.baidu_failures_by_root()
     availability = FolderAvailability(journal)  # an empty mount point is no folder's content
     baidu_failures = journal.outbox_failures()
-    failed_files = journal.get_by_ids({row.file_id for row in baidu_failures})  # the outbox keeps its file
+    refreshes, failed_refreshes = journal.refreshes_waiting()
+    failed_files = journal.get_by_ids(  # the outbox keeps its file
+        {row.file_id for row in baidu_failures} | {row.file_id for row in failed_refreshes}
+    )
     pauses = {p.name: {"kind": p.kind, "until": _iso(p.until), "reason": p.reason} for p in journal.pauses()}
     hosts = {}
     for name, host in settings.hosts.items():
@@ -53,6 +56,7 @@ def build_status(settings: Settings, journal: Journal, now: float | None = None)
             "resets_at": _iso(next_reset(tz, now)),
             "queue_push": journal.outbox_depth("push"),
             "queue_delete": journal.outbox_depth("delete"),
+            "sidecars_to_update": refreshes,  # submitted; the sidecar does not show it yet
             "paused": pauses.get(BAIDU),
         }
     return {
@@ -98,6 +102,14 @@ def build_status(settings: Settings, journal: Journal, now: float | None = None)
             for row in baidu_failures
         ],
         "baidu_failures_total": sum(baidu_by_root.values()),  # the list holds the latest 20
+        "sidecar_failures": [
+            {
+                "path": failed_files[row.file_id].path or failed_files[row.file_id].last_path,
+                "reason": row.reason,
+                "next_attempt_at": _iso(row.next_attempt_at),
+            }
+            for row in failed_refreshes
+        ],
     }
 
 
@@ -148,7 +160,7 @@ def render_status(status: dict[str, Any], console: Console) -> None:
             f"[red]{status['queue']['held_deletes']} deletions are held by the mass-delete guard[/red]: "
             "run `watchd confirm-deletes` if they are intended, or restore the files."
         )
-    if status["recent_failures"] or status["baidu_failures"]:
+    if status["recent_failures"] or status["baidu_failures"] or status["sidecar_failures"]:
         failures = Table(title="Recent problems", title_justify="left")
         failures.add_column("file")
         failures.add_column("state")
@@ -157,6 +169,13 @@ def render_status(status: dict[str, Any], console: Console) -> None:
             failures.add_row(Text(row["path"]), row["state"], Text(row["reason"] or ""))
         for row in status["baidu_failures"]:
             failures.add_row(Text(row["path"]), f"baidu {row['action']} failed", Text(row["reason"] or ""))
+        for row in status["sidecar_failures"]:
+            reason = f"submitted to Baidu; its sidecar could not show it: {row['reason']}"
+            failures.add_row(
+                Text(row["path"]),
+                "sidecar update waits",
+                Text(f"{reason} (next try {row['next_attempt_at']})"),
+            )
         console.print(failures)
         if more := status["baidu_failures_total"] - len(status["baidu_failures"]):
             console.print(

@@ -238,3 +238,15 @@ class Outbox(Store):
 
     def outbox_failures(self, limit: int = 20) -> list[OutboxRow]:
         return self._outbox_rows("state = ? ORDER BY updated_at DESC LIMIT ?", (FAILED, limit))
+
+    def refreshes_waiting(self, limit: int = 20) -> tuple[int, list[OutboxRow]]:
+        """How many sidecars wait to show their Baidu submission, and the latest `limit` of
+        those whose rewrite failed (with its reason and next try), for `status`."""
+        with self._lock:
+            total = int(
+                self._db.execute("SELECT COUNT(*) FROM outbox WHERE state = ?", (REFRESH,)).fetchone()[0]
+            )
+        failed = self._outbox_rows(
+            "state = ? AND attempts > 0 ORDER BY updated_at DESC LIMIT ?", (REFRESH, limit)
+        )
+        return total, failed
