@@ -276,6 +276,7 @@ def test_status_json_has_a_stable_schema(tmp_path: Path, emulator: Emulator) -> 
         "recent_failures",
         "baidu_failures",
         "baidu_failures_total",
+        "sidecar_failures",
     }
     assert set(status["files"]) == {"pending", "uploading", "uploaded", "done", "failed", "deleted"}
     assert set(status["queue"]) == {"uploads", "baidu", "held_deletes"}
@@ -287,6 +288,7 @@ def test_status_json_has_a_stable_schema(tmp_path: Path, emulator: Emulator) -> 
         "resets_at",
         "queue_push",
         "queue_delete",
+        "sidecars_to_update",
         "paused",
     }
 
