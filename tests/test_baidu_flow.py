@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -417,6 +419,54 @@ def test_a_failing_baidu_is_left_alone_until_its_backoff_ends_not_tried_batch_by
     now[0] += 86_400
     assert Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None).sync() == 0
     assert sum(len(c.items) for c in pushes(emulator) if c.errno == 0) == 100
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("how", ["reload", "restart"])
+def test_items_deferred_by_a_baidu_outage_are_sent_at_once_after_a_reload_or_restart_that_fixes_api_base(
+    how: str, tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    state = tmp_path / "state"
+    retry = "retry:\n  attempts: 1\n  requeue_initial: 120\n"  # a deferral lasts a minute at least
+    config = write_config(
+        tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=state, linger=1.0, extra=retry
+    )
+    good = config.read_text(encoding="utf-8")
+    config.write_text(
+        good.replace(emulator.baidu_url, f"http://127.0.0.1:{closed_port()}/x"), encoding="utf-8"
+    )
+    daemon = start_daemon(config)
+    for n in range(3):
+        (folder / f"d{n}.png").write_bytes(png(n + 2, 6))
+
+    def deferred() -> int:
+        with contextlib.closing(sqlite3.connect(state / "journal.sqlite3")) as db:
+            return int(
+                db.execute(
+                    "SELECT COUNT(*) FROM outbox "
+                    "WHERE state = 'queued' AND attempts > 0 AND next_attempt_at > ?",
+                    (time.time() + 30,),
+                ).fetchone()[0]
+            )
+
+    wait_for(lambda: deferred() == 3, timeout=20)
+    assert "items deferred" in daemon.log() and pushes(emulator) == []
+    config.write_text(good, encoding="utf-8")  # api_base corrected
+    if how == "reload":
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGHUP)
+    else:
+        assert daemon.stop() == 0
+        daemon = start_daemon(config)
+    wait_for(lambda: sum(len(c.items) for c in pushes(emulator) if c.errno == 0) == 3, timeout=15)
+    assert daemon.stop() == 0
 
 
 def test_refused_submissions_name_their_files_and_are_retried_one_by_one(

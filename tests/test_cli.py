@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import socket
 import sqlite3
@@ -277,7 +278,9 @@ def test_status_json_has_a_stable_schema(tmp_path: Path, emulator: Emulator) -> 
         "baidu_failures",
         "baidu_failures_total",
         "sidecar_failures",
+        "unwatched",
     }
+    assert status["unwatched"] == []
     assert set(status["files"]) == {"pending", "uploading", "uploaded", "done", "failed", "deleted"}
     assert set(status["queue"]) == {"uploads", "baidu", "held_deletes"}
     assert set(status["hosts"]["guest"]) == {"auth", "used_today", "daily_quota", "resets_at", "paused"}
@@ -426,3 +429,91 @@ def test_sync_whose_journal_disk_is_full_says_so_instead_of_a_traceback(
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert f"cannot write the journal in {state}: database or disk is full; free space" in result.stderr
+
+
+JOURNAL_COMMANDS = (["confirm-deletes"], ["retry", "--failed"], ["retry", "a.png"], ["forget", "a.png"])
+
+
+def test_commands_on_a_state_dir_without_a_journal_refuse_and_create_none(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """A wrong config must not leave an empty journal behind and report success on it."""
+    state = tmp_path / "nostate"
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": tmp_path}], state_dir=state)
+    for command in JOURNAL_COMMANDS:
+        result = run_cli(*command, "-c", str(config))
+        assert result.returncode == 2 and result.stdout == "", (command, result.stdout)
+        assert f"no journal in {state} (state_dir in {config})" in result.stderr, result.stderr
+        assert "pass -c the config the daemon runs with" in result.stderr
+        assert not state.exists()
+    assert "has not run" in run_cli("status", "-c", str(config)).stderr
+
+
+def test_commands_without_a_state_dir_refuse_the_default_one_and_say_how_to_reach_a_services(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root confirming a system service's deletions without its STATE_DIRECTORY, say."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": tmp_path}], state_dir=tmp_path / "s")
+    config.write_text(config.read_text().split("\n", 1)[1], encoding="utf-8")  # no state_dir: the default
+    for command in JOURNAL_COMMANDS:
+        result = run_cli(*command, "-c", str(config))
+        assert result.returncode == 2, (command, result.stdout)
+        assert f"no journal in {home}/.local/state/watchd (the default" in result.stderr, result.stderr
+        assert "its state directory as STATE_DIRECTORY" in result.stderr
+    assert list(home.iterdir()) == []
+
+
+def _table(text: str) -> dict[str, list[str]]:
+    """The rows of the Folders table of `status`, by their first cell."""
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines() if "│" in line]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_status_counts_deleted_files_in_their_folder_and_those_of_folders_no_longer_watched(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    kept, dropped = tmp_path / "kept", tmp_path / "dropped"
+    kept.mkdir()
+    dropped.mkdir()
+    both = [{"path": kept}, {"path": dropped}]
+    config = write_config(tmp_path / "c.yaml", emulator, both, state_dir=tmp_path / "s")
+    for n, folder in enumerate((kept, kept, dropped)):
+        (folder / f"f{n}.png").write_bytes(png(n + 2, 4))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    (kept / "f0.png").unlink()
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert status["folders"][0]["files"]["deleted"] == status["files"]["deleted"] == 1
+
+    write_config(tmp_path / "c.yaml", emulator, [{"path": kept}], state_dir=tmp_path / "s")
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    (folder,) = status["folders"]
+    (unwatched,) = status["unwatched"]
+    assert unwatched == {"path": str(dropped), "files": {**folder["files"], "deleted": 0}, "baidu_failed": 0}
+    added = {state: n + unwatched["files"][state] for state, n in folder["files"].items()}
+    assert added == status["files"]
+    human = _table(run_cli("status", "-c", str(config)).stdout)
+    assert human[str(kept)] == ["yes", "0", "0", "0", "1", "0", "1", "0"]
+    assert human[str(dropped)] == ["not watched", "0", "0", "0", "1", "0", "0", "0"]
+    assert human["total"] == ["", "0", "0", "0", "2", "0", "1", "0"]
+
+
+def test_deferrals_are_logged_to_the_second(tmp_path: Path, emulator: Emulator) -> None:
+    """Cut to the minute, a pause that ends at 07:14:24 was logged at 07:14:06 as "until 07:14"."""
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    retry = "retry:\n  attempts: 1\n"
+    config = write_config(
+        tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s", extra=retry
+    )
+    emulator.set_faults(http_error_rate=1.0)
+    (folder / "a.png").write_bytes(png(4, 4))
+    result = run_cli("sync", "-c", str(config))
+    assert result.returncode == 1
+    until = r"deferred until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d: "
+    assert re.search(until, result.stderr), result.stderr

@@ -1,4 +1,5 @@
-"""Unmounted, not-yet-mounted and remounted folders are never read as emptied (real tmpfs mounts)."""
+"""Unmounted, not-yet-mounted and remounted folders are never read as emptied (real tmpfs mounts);
+deletions held by the guard name the command, with its config, that confirms them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_config
+from tests.conftest import run_cli, write_config
 from tests.imagegen import png
 from watchd.config import load_settings
 from watchd.departures import Departures, FolderAvailability
@@ -161,7 +162,7 @@ def test_files_that_vanished_with_their_share_are_never_due_and_come_back_with_i
     share.mount("a.png", "b.png", "c.png")
     rows = known(journal, share, "a.png", "b.png", "c.png")
     available = FolderAvailability(journal)
-    departures = Departures(journal, DeleteGuard(), available, grace=0.0, clock=lambda: 100.0)
+    departures = Departures(journal, DeleteGuard(), available, grace=0.0, clock=lambda: 100.0, config=None)
     assert available(share.root)
     share.umount()
     departures.gone(rows)  # a reconciliation that raced the unmount
@@ -175,7 +176,7 @@ def test_a_file_deleted_from_a_mounted_share_is_still_due(share: Share, journal:
     share.mount("a.png", "b.png")
     rows = known(journal, share, "a.png", "b.png")
     available = FolderAvailability(journal)
-    departures = Departures(journal, DeleteGuard(), available, grace=0.0, clock=lambda: 100.0)
+    departures = Departures(journal, DeleteGuard(), available, grace=0.0, clock=lambda: 100.0, config=None)
     assert available(share.root)
     for path in share.path.iterdir():
         path.unlink()
@@ -218,3 +219,24 @@ def test_a_sync_over_a_share_that_is_not_mounted_ends_and_withdraws_nothing(
     Engine(load_settings(config), sleep=lambda _s: None).sync()
     assert time.monotonic() - started < 10  # it used to wait for the share for ever
     assert not [c for c in emulator.baidu_calls() if c.endpoint == "delPic"]
+
+
+def test_held_deletions_are_to_be_confirmed_with_the_config_named(tmp_path: Path, emulator: Emulator) -> None:
+    """Without -c, root confirming a system service's deletions would use a journal of its own."""
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    guard = "delete_guard:\n  max_files: 1\n  max_percent: 10\n"
+    config = write_config(
+        tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s", extra=guard
+    )
+    for n in range(4):
+        (folder / f"h{n}.png").write_bytes(png(n + 2, 3))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    for n in range(3):
+        (folder / f"h{n}.png").unlink()
+    held = run_cli("sync", "-c", str(config))
+    assert held.returncode == 1
+    (logged,) = [line for line in held.stderr.splitlines() if "vanished at once" in line]
+    assert f"run `watchd confirm-deletes -c {config}`; otherwise restore the files" in logged
+    status = " ".join(run_cli("status", "-c", str(config)).stdout.split())  # as wrapped to any width
+    assert f"run `watchd confirm-deletes -c {config}` if they are intended" in status

@@ -329,3 +329,25 @@ def test_retry_rebuilds_a_push_that_failed_local_validation_and_resends_failed_w
     assert journal.retry_failed() == 2
     assert journal.get_by_id(local.id).state == j.UPLOADED  # type: ignore[union-attr]
     assert [d.baidu_id for d in journal.due_outbox("delete", now=1e12, limit=10)] == [gone.baidu_id]
+
+
+def test_an_outage_release_makes_baidu_items_waiting_out_a_backoff_due_but_not_failed_ones_or_refreshes(
+    journal: Journal,
+) -> None:
+    """A new configuration tries Baidu again at once: items deferred after failed calls carry
+    no kind, so releasing an outage releases them; what no configuration fixes keeps waiting."""
+    for name in ("deferred", "refused", "refresh"):
+        row = journal.add(f"/w/{name}.png", "/w", 10, 20, None)
+        journal.record_published(row.id, UPLOAD, f"/w/{name}.png.link.json", {"id": row.baidu_id})
+    pushes = journal.due_outbox("push", now=1e12, limit=20)
+    deferred, refused, refresh = pushes
+    journal.mark_sending([push.id for push in pushes])
+    journal.outbox_retry([deferred.id], "connection refused", 1e12)
+    journal.outbox_failed(refused, "title refused")
+    journal.outbox_sent([refresh], "2026-11-23T10:00:01Z", refresh={refresh.id})
+    journal.refresh_later([(refresh.id, "disk full", 1e12)])
+    assert journal.due_outbox("push", now=1e9, limit=20) == []
+    journal.release_deferred("outage")
+    assert [push.id for push in journal.due_outbox("push", now=1e9, limit=20)] == [deferred.id]
+    assert [row.id for row in journal.outbox_failures()] == [refused.id]
+    assert journal.due_refreshes(1e9, 20) == [] and journal.next_refresh_time() == 1e12

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from watchd import __version__
 from watchd.config import Settings, default_config_path, load_settings
+from watchd.departures import watchd_command
 from watchd.errors import ConfigError, WatchdError
-from watchd.journal import DONE, JOURNAL_NAME, FileRow, Journal
+from watchd.journal import DONE, FileRow, Journal
 from watchd.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -126,13 +127,41 @@ def _settings(args: argparse.Namespace, *, read_secrets: bool = True) -> Setting
     return settings
 
 
+class _NoJournal(WatchdError):
+    """There is no journal in the state directory: watchd never ran with this config (here)."""
+
+
+def _no_journal(settings: Settings) -> str:
+    """Where a command looked for the journal, and how to point it at the daemon's."""
+    if "state_dir" in settings.model_fields_set:
+        where = f"state_dir in {settings.config_path}"
+        fix = "pass -c the config the daemon runs with"
+    else:
+        where = "the default: $STATE_DIRECTORY, else ~/.local/state/watchd"
+        fix = (
+            "pass -c the config the daemon runs with and, for a system service, run this as its "
+            "user with its state directory as STATE_DIRECTORY (see Status in docs/deploy.md)"
+        )
+    return (
+        f"no journal in {settings.state_dir} ({where}): watchd has not run with this config there "
+        f"yet; to reach a daemon's journal, {fix}"
+    )
+
+
 @contextlib.contextmanager
 def _journal(settings: Settings, *, read_only: bool = False) -> Iterator[Journal]:
     """The journal for a one-shot command, with a message instead of a traceback when it
-    cannot be opened or read (permissions, a corrupt file, a newer or older schema)."""
+    cannot be opened or read (permissions, a corrupt file, a newer or older schema).
+
+    Raise `_NoJournal` when there is none: only `run` and `sync` create it. A command that
+    made one would report success on it (nothing to retry, no held deletions) while the
+    daemon's journal, elsewhere, kept them, and `status` would no longer say "no journal".
+    """
     state_dir = settings.state_dir
     try:
-        journal = Journal.open_read_only(state_dir) if read_only else Journal.open(state_dir)
+        journal = Journal.open_read_only(state_dir) if read_only else Journal.open(state_dir, create=False)
+    except FileNotFoundError as exc:
+        raise _NoJournal(_no_journal(settings)) from exc
     except (OSError, sqlite3.Error, RuntimeError) as exc:
         raise WatchdError(
             f"cannot open the journal in {state_dir}: {exc}; run this as the user the service runs "
@@ -206,7 +235,8 @@ def _sync(args: argparse.Namespace) -> int:
     if engine.held_deletes:
         print(
             f"sync: {engine.held_deletes} deletions are held by the mass-delete guard: if they are "
-            f"intended, run `watchd confirm-deletes -c {settings.config_path}`; otherwise restore the files",
+            f"intended, run `{watchd_command('confirm-deletes', settings.config_path)}`; otherwise "
+            "restore the files",
             file=sys.stderr,
         )
     for folder in engine.unavailable:
@@ -236,24 +266,22 @@ def _status(args: argparse.Namespace) -> int:
     from watchd.report import build_status, render_status
 
     settings = _settings(args, read_secrets=False)
+    exists = True
     try:
-        exists = (settings.state_dir / JOURNAL_NAME).exists()
-    except OSError:  # not ours to look into: `_journal` says so
-        exists = True
-    if exists:
         with _journal(settings, read_only=True) as journal:
             status = build_status(settings, journal)
-    else:
-        print(f"no journal in {settings.state_dir} yet: watchd has not run with this config", file=sys.stderr)
+    except _NoJournal as exc:
+        print(f"watchd: {exc}", file=sys.stderr)
         if not args.json:
             return 1
+        exists = False
         status = _status_before_first_run(settings)  # a script still gets the schema, all zero
     if args.json:
         print(json.dumps(status, indent=2, ensure_ascii=False))
     else:
         from rich.console import Console  # only here: ~30 ms that `run` and `sync` need not pay
 
-        render_status(status, Console(width=None if sys.stdout.isatty() else 200))
+        render_status(status, Console(width=None if sys.stdout.isatty() else 200), settings.config_path)
     return 0 if exists else 1
 
 

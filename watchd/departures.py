@@ -13,9 +13,11 @@ import logging
 import os
 import re
 import select
+import shlex
 import weakref
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from watchd.guard import DeleteGuard
@@ -125,6 +127,13 @@ def _content(entry: os.DirEntry[str]) -> bool:
     return entry.name == EMPTIED_MARK or not entry.name.startswith(".")
 
 
+def watchd_command(args: str, config: Path | None) -> str:
+    """A `watchd` command line for a hint, naming the daemon's config when it is known:
+    without `-c`, whoever runs it (root, for a system service) gets their own default config
+    and state directory, and so finds no journal there instead of the daemon's."""
+    return f"watchd {args} -c {shlex.quote(str(config))}" if config is not None else f"watchd {args}"
+
+
 class Departures:
     """Marks vanished originals and decides which of them are deleted for good."""
 
@@ -136,8 +145,10 @@ class Departures:
         *,
         grace: float,
         clock: Callable[[], float],
+        config: Path | None,
     ) -> None:
         self.grace = grace
+        self.config = config  # named in the hint to confirm held deletions
         self._journal = journal
         self._guard = guard
         self._available = available
@@ -167,9 +178,10 @@ class Departures:
             self._journal.hold_deletes([row.id for row in held])
             log.error(
                 "%d files vanished at once from %s: their withdrawal is held. If the deletions are "
-                "intended, run `watchd confirm-deletes`; otherwise restore the files",
+                "intended, run `%s`; otherwise restore the files",
                 len(held),
                 ", ".join(sorted({row.root for row in held})),
+                watchd_command("confirm-deletes", self.config),
             )
         return confirmed + allowed
 

@@ -177,7 +177,12 @@ class Engine:
         self._guard.max_files, self._guard.max_percent = limits.max_files, limits.max_percent
         self._guard.window = limits.window
         self.departures = Departures(
-            self.journal, self._guard, self._available, grace=self.grace, clock=self.clock
+            self.journal,
+            self._guard,
+            self._available,
+            grace=self.grace,
+            clock=self.clock,
+            config=settings.config_path,
         )
         self.pipeline = Pipeline(settings, self.journal, hosts, clock=self.clock, sleep=self.sleep)
         self.batcher = None

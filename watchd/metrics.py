@@ -33,7 +33,8 @@ def journal_gauges(journal: Journal, services: Sequence[QuotaGate]) -> GaugeValu
     counts = journal.counts()
     paused = {pause.name for pause in journal.pauses()}
     return {
-        "watchd_files": {(("state", state),): float(n) for state, n in counts.items()},
+        # Not `watchd_files`: that is the family of the counter `watchd_files_total`.
+        "watchd_files_in_state": {(("state", state),): float(n) for state, n in counts.items()},
         "watchd_queue": {
             (("queue", "uploads"),): float(counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]),
             (("queue", "baidu_push"),): float(journal.outbox_depth("push")),

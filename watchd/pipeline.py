@@ -715,4 +715,6 @@ def _written_for(sidecar: Path, row: FileRow, fmt: str) -> bool:
 
 
 def _clock_time(when: float) -> str:
-    return datetime.fromtimestamp(when).astimezone().isoformat(timespec="minutes")
+    """`when` in local time for a log line, to the second: cut to the minute, a pause logged
+    at 07:14:06 to last until 07:14:24 read "until 07:14", a time already past."""
+    return datetime.fromtimestamp(when).astimezone().isoformat(timespec="seconds")

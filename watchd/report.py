@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -13,7 +14,7 @@ from rich.text import Text
 from watchd import journal as j
 from watchd.batcher import SERVICE as BAIDU
 from watchd.config import Settings
-from watchd.departures import FolderAvailability
+from watchd.departures import FolderAvailability, watchd_command
 from watchd.journal import Journal
 from watchd.quota import day_key, next_reset
 
@@ -78,6 +79,12 @@ def build_status(settings: Settings, journal: Journal, now: float | None = None)
             }
             for folder in settings.folders
         ],
+        # Folders taken out of the config keep their files in the journal: with these rows,
+        # `folders` add up to `files` and `baidu_failures_total`.
+        "unwatched": [
+            {"path": root, "files": by_root[root], "baidu_failed": baidu_by_root.get(root, 0)}
+            for root in sorted(by_root.keys() - {str(folder.path) for folder in settings.folders})
+        ],
         "hosts": hosts,
         "baidu": baidu,
         "paused": pauses,
@@ -113,8 +120,8 @@ def build_status(settings: Settings, journal: Journal, now: float | None = None)
     }
 
 
-def render_status(status: dict[str, Any], console: Console) -> None:
-    """The same data as a few tables for people."""
+def render_status(status: dict[str, Any], console: Console, config: Path | None) -> None:
+    """The same data as a few tables for people; `config` is named in the commands suggested."""
     folders = Table(title="Folders", title_justify="left")
     for column in ("folder", "available", *j.STATES, "baidu failed"):
         folders.add_column(column, justify="left" if column in ("folder", "available") else "right")
@@ -122,9 +129,18 @@ def render_status(status: dict[str, Any], console: Console) -> None:
         folders.add_row(
             Text(folder["path"]),  # plain text: a path like "[final] shots" is not markup
             "yes" if folder["available"] else "[red]NO[/red]",
-            *(str(folder["files"][state]) for state in j.STATES),
-            f"[red]{folder['baidu_failed']}[/red]" if folder["baidu_failed"] else "0",
+            *_counts(folder["files"], folder["baidu_failed"]),
         )
+    for folder in status["unwatched"]:
+        folders.add_row(
+            Text(folder["path"]),
+            "not watched",
+            *_counts(folder["files"], folder["baidu_failed"]),
+            style="dim",
+        )
+    if folders.row_count > 1:  # the rows add up to the totals
+        folders.add_section()
+        folders.add_row("total", "", *_counts(status["files"], status["baidu_failures_total"]))
     console.print(folders)
     services = Table(title="Services", title_justify="left")
     for column in ("service", "auth", "used today", "daily quota", "resets at", "queue", "state"):
@@ -158,7 +174,7 @@ def render_status(status: dict[str, Any], console: Console) -> None:
     if status["queue"]["held_deletes"]:
         console.print(
             f"[red]{status['queue']['held_deletes']} deletions are held by the mass-delete guard[/red]: "
-            "run `watchd confirm-deletes` if they are intended, or restore the files."
+            f"run `{watchd_command('confirm-deletes', config)}` if they are intended, or restore the files."
         )
     if status["recent_failures"] or status["baidu_failures"] or status["sidecar_failures"]:
         failures = Table(title="Recent problems", title_justify="left")
@@ -180,10 +196,16 @@ def render_status(status: dict[str, Any], console: Console) -> None:
         if more := status["baidu_failures_total"] - len(status["baidu_failures"]):
             console.print(
                 f"… and {more} more Baidu failures ({status['baidu_failures_total']} in all): "
-                "`watchd retry --failed` sends them all again, `watchd retry PATH` one file's."
+                f"`{watchd_command('retry --failed', config)}` sends them all again, "
+                f"`{watchd_command('retry PATH', config)}` one file's."
             )
     else:
         console.print("No problems recorded.")
+
+
+def _counts(files: dict[str, int], baidu_failed: int) -> list[str]:
+    """A row's cells after the folder's: files per state, and failed Baidu items in red."""
+    return [*(str(files[state]) for state in j.STATES), f"[red]{baidu_failed}[/red]" if baidu_failed else "0"]
 
 
 def _state(pause: dict[str, Any] | None) -> str:

@@ -322,12 +322,26 @@ class Files(Store):
             queue_outbox(db, file_id, "delete", row[0], None, now)
 
     def release_deferred(self, kind: str) -> int:
-        """Make files deferred for `kind` (e.g. a configuration pause) due again now."""
+        """Make work deferred for `kind` (e.g. a configuration pause) due again now, for a new
+        configuration (a start, a reload) to try; returns how many files and Baidu items.
+
+        Files carry the kind they were deferred for; Baidu items do not. A Baidu outage shows
+        in the outbox only as items waiting out a backoff (a failed call defers its batch, a
+        paused batcher defers nothing), so for "outage" every queued item is released too.
+        One deferred to a quota reset is then still held by the quota pause, which a new
+        configuration does not lift. Failed items wait for `watchd retry`, and sidecar
+        refreshes (a local write that failed, which no configuration fixes) keep their backoff.
+        """
         with self._write() as db:
-            return db.execute(
+            n = db.execute(
                 "UPDATE files SET next_attempt_at = 0 WHERE state IN (?, ?) AND error_kind = ?",
                 (PENDING, UPLOADED, kind),
             ).rowcount
+            if kind == "outage":
+                n += db.execute(
+                    "UPDATE outbox SET next_attempt_at = 0 WHERE state = ? AND next_attempt_at > 0", (QUEUED,)
+                ).rowcount
+            return n
 
     def retry_failed(self) -> int:
         """Queue every failed file and failed Baidu item again; returns how many."""

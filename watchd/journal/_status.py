@@ -26,11 +26,10 @@ class Status(Store):
             )
 
     def counts_by_root(self) -> dict[str, dict[str, int]]:
-        """Live files per watched folder and state (tombstones have no folder any more)."""
+        """Files per folder they were found in (watched still or not) and state, adding up to
+        `counts`: a deleted file, its path gone, still counts in the folder it was in."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT root, state, COUNT(*) FROM files WHERE path IS NOT NULL GROUP BY root, state"
-            ).fetchall()
+            rows = self._db.execute("SELECT root, state, COUNT(*) FROM files GROUP BY root, state").fetchall()
         result: dict[str, dict[str, int]] = {}
         for root, state, n in rows:
             result.setdefault(root, dict.fromkeys(STATES, 0))[state] = n

@@ -39,10 +39,17 @@ class Store:
             self._migrate()
 
     @classmethod
-    def open(cls, state_dir: Path) -> Self:
-        """Open (creating with mode 0700/0600 if needed) the journal in `state_dir`."""
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    def open(cls, state_dir: Path, *, create: bool = True) -> Self:
+        """Open (creating with mode 0700/0600 if needed) the journal in `state_dir`.
+
+        With `create` false, raise `FileNotFoundError` when there is none: a command that
+        changes a journal (`retry`, `forget`, `confirm-deletes`) pointed at the wrong state
+        directory must say so, not report success on an empty journal of its own making.
+        """
         path = state_dir / JOURNAL_NAME
+        if not create and not path.exists():
+            raise FileNotFoundError(path)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         os.chmod(path, 0o600)
