@@ -1,11 +1,12 @@
 """Flushes the Baidu outbox: deletes in calls of at most 10, pushes in calls of at most 20.
 
 A batch goes out at once when it is full, after a short linger (≤ 1 s) when it is not, and
-immediately when draining (`sync`, shutdown). Items are marked "sending" in the journal
+immediately when draining (the end of `sync`). Items are marked "sending" in the journal
 before the call and get one result each after it, so a crash mid-call resends at most that
-one batch. Quota and configuration answers pause Baidu in the journal: nothing is sent
-until the reset (quota) or a reload (configuration), and the queue is kept; so do calls
-that fail one after another (an outage), until a growing backoff ends.
+one batch, and so may a stop, which does not wait for a call in flight (`stop`). Quota and
+configuration answers pause Baidu in the journal: nothing is sent until the reset (quota)
+or a reload (configuration), and the queue is kept; so do calls that fail one after
+another (an outage), until a growing backoff ends.
 
 A push is recorded before its file's sidecar is rewritten to show it, as a refresh still
 due (`Journal.outbox_sent`): a sidecar that cannot be written (a full or read-only disk),
@@ -62,7 +63,10 @@ class BaiduBatcher:
         *,
         linger: float = 0.5,
         clock: Callable[[], float] = time.time,
+        flushing: threading.Lock | None = None,
     ) -> None:
+        """`flushing`: the lock of one flush at a time, to share with the batcher this one
+        replaces (a reload), whose last call may still be in flight (see `flush`)."""
         self.journal = journal
         self.indexer = indexer
         self.pipeline = pipeline
@@ -72,7 +76,7 @@ class BaiduBatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._first_seen: dict[str, float] = {}
-        self._flushing = threading.Lock()
+        self._flushing = flushing or threading.Lock()
         self._unseen = 0  # pushes queued since the last look (see pushes_queued)
         self._will_look = False  # a deadline (a partial batch's linger, a pause) brings it back
         # When a sidecar refresh is next due; 0: unknown, ask the journal. Only this batcher
@@ -95,6 +99,9 @@ class BaiduBatcher:
             self._wake.set()
 
     def stop(self) -> None:
+        """Start no more calls; a call in flight still ends and is recorded, unless the process
+        is gone first: its items, marked "sending", are then queued again at the next start
+        (`Journal.recover`) and sent again (a push Baidu already has counts as done)."""
         self._stop.set()
         self._wake.set()
 
@@ -105,6 +112,8 @@ class BaiduBatcher:
                 wait = self.flush(force=False)
                 journal_failing = False
             except sqlite3.Error as exc:  # a full or read-only disk: nothing was half-recorded
+                if self._stop.is_set():  # or closed at shutdown, under a call left behind
+                    return
                 if not journal_failing:
                     log.error(
                         "Baidu work waits for the journal, which cannot be written (%s); trying every 30 s",
@@ -119,14 +128,16 @@ class BaiduBatcher:
             self._wake.clear()
 
     def drain(self) -> None:
-        """Send everything that is due now, partial batches included (for `sync` and shutdown)."""
+        """Send everything that is due now, partial batches included (the end of `sync`), unless
+        stopped: a stop ends it after the call in flight."""
         self.flush(force=True)
 
     def flush(self, *, force: bool) -> float:
         """Send due batches; returns how long to sleep before the next look.
 
-        One flush at a time (the batcher thread and `drain` may both call it), so an item
-        is never picked for two calls.
+        One flush at a time, also across a reload (the old batcher's last call may still be
+        in flight: see `flushing`), so an item is never picked for two calls, and
+        `requeue_sending` after a journal error never requeues items of another's call.
         """
         with self._flushing:
             try:
@@ -137,7 +148,7 @@ class BaiduBatcher:
                 raise
 
     def _flush(self, force: bool) -> float:
-        while not self._stop.is_set() or force:
+        while not self._stop.is_set():
             self._unseen = 0
             self._will_look = False
             now = self.clock()
@@ -148,6 +159,8 @@ class BaiduBatcher:
                 return max(0.01, min(wait, max(1.0, resume - now)))
             sent_full = False
             for action, limit in (("delete", self.indexer.max_withdraw), ("push", self._push_limit())):
+                if self._stop.is_set():  # stopped during the delete call: no new call
+                    return 0.0
                 rows = self.journal.due_outbox(action, now, limit)
                 if not rows:
                     self._first_seen.pop(action, None)

@@ -64,6 +64,13 @@ log = logging.getLogger(__name__)
 JOURNAL_PROBE_INTERVAL = 1.0  # while the journal cannot be written, how often it is tried again
 STATUS_INTERVAL = 1.0
 TAKE_IN_CHUNK = 32
+# The longest the loop handles facts in one turn before it pings the watchdog and looks at
+# a stop request again: a start-up backlog of any size is taken in over many turns.
+TURN_BUDGET = 0.2
+# How long a stop waits for a Baidu call in flight once the uploads are done: not worth more,
+# as its items stay "sending" in the journal, are queued again at the next start and sent
+# again (a push Baidu already has counts as done).
+BAIDU_STOP_GRACE = 1.0
 # A file moved in from another watched folder arrives before the other folder's watch
 # reports it gone (watchdog holds that half ~0.05 s to pair renames): wait past that, so
 # the two halves are paired as a move and the file is not uploaded a second time.
@@ -88,7 +95,7 @@ class _TakeIn:
 
 @dataclass(frozen=True)
 class _Control:
-    """A request from a signal handler: "stop", "reload" or "wake"."""
+    """A request to the loop: "reload", or "wake" (a stop was asked for, or the Baidu drain ended)."""
 
     what: str
 
@@ -103,7 +110,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         grace: float | None = None,
-        stop_timeout: float = 20.0,
+        stop_timeout: float = 20.0,  # the whole of a stop, Baidu included (deploy.md promises 20 s)
         notifier: Notifier | None = None,
         progress: Progress | None = None,
     ) -> None:
@@ -126,6 +133,8 @@ class Engine:
         self.last_error = ""
         self._facts: queue.SimpleQueue[Fact | Done | _TakeIn | _Control] = queue.SimpleQueue()
         self._stopping = False
+        self._stop_signal: int | None = None  # the signal that asked for the stop
+        self._not_taken_in = 0  # files a reconciliation found that a stop left unlooked-at
         self._journal_retry_at: float | None = None  # while the journal cannot be written: next try
         self.workers = UploadWorkers(
             settings.concurrency,
@@ -140,6 +149,7 @@ class Engine:
         self._guard: DeleteGuard | None = None
         self._status_dirty = False
         self._status_sent = 0.0
+        self._pinger = WatchdogPinger(self.notifier)
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
         self._dirty: set[int] = set()
@@ -150,7 +160,15 @@ class Engine:
         self._unrecordable: set[str] = set()  # paths already warned about
         self.upkeep = FolderUpkeep(settings, self._available, self._facts.put, clock)
         self._batcher_thread: threading.Thread | None = None
+        self._drain: threading.Thread | None = None  # see _drained
+        self._drain_error: Exception | None = None
+        self._left_behind = False  # a stop left calls in flight behind (see _close)
         self.batcher: BaiduBatcher | None = None
+        # One for the process, not one per configuration: a batcher (or worker) of the config
+        # before a reload may still be finishing its call, and must not flush (or rewrite a
+        # sidecar) at once with those of the new one (see BaiduBatcher.flush).
+        self._flushing = threading.Lock()
+        self._sidecar_lock = threading.RLock()
         self._build(settings)
 
     # -- wiring ------------------------------------------------------------------------
@@ -185,6 +203,8 @@ class Engine:
             config=settings.config_path,
         )
         self.pipeline = Pipeline(settings, self.journal, hosts, clock=self.clock, sleep=self.sleep)
+        self.pipeline.sidecar_lock = self._sidecar_lock
+        self.pipeline.stopping = lambda: self._stopping
         self.batcher = None
         if settings.baidu is not None:
             indexer = BaiduIndexer(
@@ -204,6 +224,7 @@ class Engine:
                 quota,
                 linger=settings.baidu.linger,
                 clock=self.clock,
+                flushing=self._flushing,
             )
 
     def _start_threads(self, *, watch: bool) -> None:
@@ -219,18 +240,18 @@ class Engine:
             )
             self._batcher_thread.start()
 
-    def _stop_batcher(self) -> None:
+    def _let_batcher_go(self) -> None:
+        """Tell the batcher to stop, without waiting for its call in flight (a reload): it
+        ends in the background, and the next batcher flushes only after it (`_flushing`)."""
         if self.batcher is not None:
             self.batcher.stop()
-        if self._batcher_thread is not None:
-            self._batcher_thread.join(timeout=self.stop_timeout)
-            self._batcher_thread = None
+        self._batcher_thread = None
 
     # -- entry points ------------------------------------------------------------------
 
     def run(self) -> int:
         """The daemon: watch, reconcile, work until SIGTERM/SIGINT; SIGHUP reloads."""
-        self._install_signals()
+        self._install_signals(daemon=True)
         self._start(watch=True)
         self._start_metrics()
         self.notifier.ready(self._status_line())
@@ -244,16 +265,28 @@ class Engine:
         Returns 1 when anything failed in this pass or work is left undone: queued (a retry or
         a paused service), in a watched folder that is unavailable, or deletions held by the
         mass-delete guard (they wait for a person, whom a cron job's exit code must reach);
-        else 0.
+        else 0. SIGINT/SIGTERM stop it as they stop `run` (uploads in flight finish, so the
+        next pass does not upload them twice); it then returns 128 + the signal's number.
         """
+        self._install_signals(daemon=False)
         self._start(watch=False)
         self._loop(until_idle=True)
+        self._wind_down()
         counts = self.journal.counts()
         self.left_queued = counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]
         self.left_queued += self.journal.outbox_depth()  # Baidu items waiting (a pause, a retry)
+        self.left_queued += self._not_taken_in
         self.held_deletes = self.journal.held_deletes()
         self.unavailable = [str(f.path) for f in self.settings.folders if not self._available(str(f.path))]
-        self._shutdown()
+        self._close()
+        if self._stop_signal is not None:
+            log.warning(
+                "sync stopped by %s: %d files or Baidu items left to do; the next `watchd sync` or "
+                "`watchd run` continues them",
+                signal.Signals(self._stop_signal).name,
+                self.left_queued,
+            )
+            return 128 + self._stop_signal
         baidu_failed = self.batcher.outcomes["failed"] if self.batcher is not None else 0
         failed = self.outcomes["failed"] or self.outcomes["error"] or baidu_failed
         return 1 if failed or self.left_queued or self.held_deletes or self.unavailable else 0
@@ -302,32 +335,39 @@ class Engine:
         self.journal.release_deferred("outage")
 
     def stop(self) -> None:
-        """Ask the loop to stop (thread-safe; used by signal handlers and tests)."""
-        self._facts.put(_Control("stop"))
+        """Ask the loop to stop (thread-safe; used by signal handlers and tests). Heard at the
+        end of the turn, not behind the facts queued before it (a start-up backlog)."""
+        self._stopping = True
+        self._facts.put(_Control("wake"))
 
     def reload(self) -> None:
         self._facts.put(_Control("reload"))
 
-    def _install_signals(self) -> None:
+    def _install_signals(self, *, daemon: bool) -> None:
+        """SIGTERM/SIGINT stop gracefully, a second one at once (`run` exits 0 either way, `sync`
+        128 + the signal's number); for the `daemon`, SIGHUP reloads."""
         if threading.current_thread() is not threading.main_thread():
             return
 
         def on_stop(signum: int, _frame: FrameType | None) -> None:
-            if self._stopping:
+            if self._stop_signal is not None:
                 log.warning(
                     "second %s: stopping now; unfinished work stays queued", signal.Signals(signum).name
                 )
-                os._exit(0)
+                if daemon:
+                    os._exit(0)
+                raise SystemExit(128 + signum)  # unwinding, `sync`'s progress bar gives the terminal back
+            self._stop_signal = signum
             self.stop()
 
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, lambda _s, _f: self.reload())
+        if daemon:
+            signal.signal(signal.SIGHUP, lambda _s, _f: self.reload())
 
     # -- the loop ----------------------------------------------------------------------
 
     def _loop(self, *, until_idle: bool) -> None:
-        pinger = WatchdogPinger(self.notifier)
         while not self._stopping:
             try:
                 if self._turn(until_idle=until_idle):
@@ -336,7 +376,7 @@ class Engine:
                 if until_idle:
                     raise
                 self._journal_trouble(exc)
-            pinger.tick()
+            self._pinger.tick()
             self._report_status()
 
     def _turn(self, *, until_idle: bool) -> bool:
@@ -348,9 +388,12 @@ class Engine:
         # Tried before the facts, any of which may fail on the journal: a stream of them must
         # not keep it from being tried.
         journal_back = self._journal_back(self.clock())
+        ends = time.monotonic() + TURN_BUDGET
         while fact is not None:
             if (screened := self._screen(fact)) is not None:
                 self._handle_safely(screened)
+            if self._stopping or time.monotonic() >= ends:  # the rest waits for the next turn
+                break
             try:
                 fact = self._facts.get_nowait()
             except queue.Empty:
@@ -417,8 +460,8 @@ class Engine:
                 deadlines.append(now + self.grace)
             if self._status_dirty and self.notifier.enabled:
                 deadlines.append(now + max(0.0, self._status_sent + STATUS_INTERVAL - time.monotonic()))
-        interval = self.notifier.watchdog_interval()
-        return max(0.005, min([30.0, (interval or 30.0), *(d - now for d in deadlines)]))
+        ping = self._pinger.due_in()
+        return max(0.005, min([30.0, 30.0 if ping is None else ping, *(d - now for d in deadlines)]))
 
     def _screen(self, fact: Fact | Done | _TakeIn | _Control) -> Fact | Done | _TakeIn | _Control | None:
         """Keep the journal away from paths it cannot hold (names that are not valid UTF-8):
@@ -501,8 +544,6 @@ class Engine:
                 self._dispatch(self.clock())
             case Done(file_id, outcome, path, error):
                 self._finished(file_id, outcome, path, error)
-            case _Control("stop"):
-                self._stopping = True
             case _Control("reload"):
                 self._reload()
 
@@ -657,8 +698,27 @@ class Engine:
         due = self.journal.next_due_time()
         if due is not None and due <= now:
             return False
-        if self.batcher is not None:
-            self.batcher.drain()
+        return self.batcher is None or self._drained(self.batcher)
+
+    def _drained(self, batcher: BaiduBatcher) -> bool:
+        """Whether everything due for Baidu has been sent (the end of `sync`; its error is raised
+        here). Sent from a thread of its own, which wakes the loop when done: so a stop is heard
+        meanwhile, and can leave the call in flight behind as it does the batcher's."""
+        if self._drain is None:
+
+            def drain() -> None:
+                try:
+                    batcher.drain()
+                except Exception as exc:
+                    self._drain_error = exc
+                self._facts.put(_Control("wake"))
+
+            self._drain = threading.Thread(target=drain, name="baidu-drain", daemon=True)
+            self._drain.start()
+        if self._drain.is_alive():
+            return False
+        if self._drain_error is not None:
+            raise self._drain_error
         return True
 
     # -- reload and shutdown -----------------------------------------------------------
@@ -687,7 +747,7 @@ class Engine:
                 "everything else in the new configuration is in use now",
                 ", ".join(fixed),
             )
-        self._stop_batcher()
+        self._let_batcher_go()
         self._lift_pauses_a_new_configuration_may_fix()
         self.journal.rejudge_held_deletes()
         self._build(settings)
@@ -699,30 +759,72 @@ class Engine:
         self.notifier.ready(self._status_line())
 
     def _shutdown(self) -> int:
+        self._wind_down()
+        self._close()
+        return 0
+
+    def _wind_down(self) -> None:
+        """Take no more work; let uploads in flight finish, all within `stop_timeout` from here
+        (systemd's TimeoutStopSec comes after it). A Baidu call in flight after a stop request
+        gets BAIDU_STOP_GRACE at most; at the natural end of a `sync`, what is left of the time."""
+        deadline = time.monotonic() + self.stop_timeout
+        asked = self._stopping
+        self._stopping = True
+        if asked:
+            log.info(
+                "stopping: the %d files in the upload workers' hands get up to %.0f s to finish; "
+                "everything else stays queued for the next start",
+                len(self.workers.in_flight),
+                self.stop_timeout,
+            )
         self.notifier.stopping()
         self.upkeep.stop()
-        deadline = self.clock() + self.stop_timeout
-        while self.workers.in_flight and self.clock() < deadline:
+        if self.batcher is not None:
+            self.batcher.stop()
+        while (left := deadline - time.monotonic()) > 0 and self.workers.in_flight:
             try:
-                fact = self._facts.get(timeout=0.1)
+                fact = self._facts.get(timeout=min(0.1, left))
             except queue.Empty:
                 continue
-            if isinstance(fact, Done):
-                with contextlib.suppress(sqlite3.Error):
-                    self._finished(fact.file_id, fact.outcome, fact.path, fact.error)
+            self._left_by_stop(fact)
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._left_by_stop(self._facts.get_nowait())
         if self.workers.in_flight:
             log.warning(
                 "%d uploads still in flight at shutdown; they resume at the next start",
                 len(self.workers.in_flight),
             )
         self.workers.stop()
-        self._stop_batcher()
+        baidu = [thread for thread in (self._batcher_thread, self._drain) if thread is not None]
+        left = max(0.0, deadline - time.monotonic())
+        until = time.monotonic() + (min(BAIDU_STOP_GRACE, left) if asked else left)
+        for thread in baidu:
+            thread.join(timeout=max(0.0, until - time.monotonic()))
+        baidu_left = any(thread.is_alive() for thread in baidu)
+        if baidu_left:
+            log.info("stopping: a Baidu call in flight is left behind; its items go at the next start")
+        self._left_behind = baidu_left or bool(self.workers.in_flight)
+        self._batcher_thread = None
+
+    def _left_by_stop(self, fact: Fact | Done | _TakeIn | _Control) -> None:
+        """A fact met while stopping: a worker's report is recorded; files found and not taken
+        in yet are counted (a reconciliation finds them again); the rest can wait."""
+        if isinstance(fact, Done):
+            with contextlib.suppress(sqlite3.Error):
+                self._finished(fact.file_id, fact.outcome, fact.path, fact.error)
+        elif isinstance(fact, _TakeIn):
+            self._not_taken_in += len(fact.paths)
+
+    def _close(self) -> None:
         if self._metrics_server is not None:
             self._metrics_server.stop()
-        self.http.close()
+        # Calls left behind end with the process instead: closed under them, they would record
+        # a failure and a backoff, where their rows, still "uploading"/"sending", go at once.
+        if not self._left_behind:
+            self.http.close()
         self.journal.close()
         self.instance.release()
-        return 0
 
     def _status_line(self) -> str:
         """The one-line STATUS= for systemd: queue depth, uploads today, the last error."""

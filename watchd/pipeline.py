@@ -117,6 +117,7 @@ class Pipeline:
         # the answer (`_send`); the workers outnumber the slots so that reading a file,
         # recording its upload and writing its sidecar overlap other uploads.
         self.upload_slots = threading.BoundedSemaphore(settings.concurrency)
+        self.stopping: Callable[[], bool] = lambda: False  # the engine's: no upload starts after it
         # Held by whoever rewrites a published file's sidecar from its row (a Baidu refresh
         # until its record, a restored sidecar) or changes the row's path (a move, a
         # deletion): so none of them writes from a row another is about to change. It is
@@ -263,7 +264,7 @@ class Pipeline:
         """Upload (if needed) and write the sidecar of one queued file; returns the outcome.
 
         Outcomes: "done", "failed", "retry" (scheduled later), "paused" (service paused),
-        "gone" (the row or the file vanished meanwhile).
+        "gone" (the row or the file vanished meanwhile), "skipped" (not sent: `stopping`).
         """
         row = self.journal.get_by_id(file_id)
         if row is None or row.path is None:
@@ -304,6 +305,8 @@ class Pipeline:
             log.warning("not uploaded: %s: %s", path, exc.message)
             return "failed"
         with self.upload_slots:
+            if self.stopping():  # it waited for a slot while a stop began: left queued, unclaimed
+                return "skipped"
             return self._send(row, rules, loaded)
 
     def _send(self, row: FileRow, rules: EffectiveRules, loaded: LoadedImage) -> UploadResult | str:

@@ -98,6 +98,16 @@ class WatchdogPinger:
         self._clock = clock
         self._last: float | None = None
 
+    def due_in(self) -> float | None:
+        """Seconds until `tick` pings next (0: at once), None when no watchdog is armed. The
+        loop waits no longer: woken a little early for something else, it would otherwise
+        wait another whole interval, and pings came up to WATCHDOG_USEC apart."""
+        if self._interval is None:
+            return None
+        if self._last is None:
+            return 0.0
+        return max(0.0, self._last + self._interval - self._clock())
+
     def tick(self) -> None:
         if self._interval is None:
             return
