@@ -124,7 +124,7 @@ class Pipeline:
         # taken before the journal's lock: a `Journal.batch` goes inside it, never around it
         # (the engine's take-in), and it is reentrant because a move happens in such a batch.
         self.sidecar_lock = threading.RLock()
-        self._pausing = threading.Lock()  # see `_pause_once`
+        self._pausing = threading.Lock()  # see `_pause_once` and `note_transient_failure`
         self.quotas = {
             name: QuotaGate(journal, f"imageban:{name}", host.quota, host.quota_reset_tz, clock)
             for name, host in settings.hosts.items()
@@ -391,10 +391,14 @@ class Pipeline:
 
     def note_transient_failure(self, service: str, exc: ServiceError) -> None:
         """An item for `service` failed after its quick retries (an upload here, a Baidu call in
-        the batcher); from the second in a row, pause the service for an outage and say so."""
-        if (until := self.retry.note_failure(service, exc)) is None:
-            return
-        self.journal.pause(service, "outage", until, f"down or overloaded: {exc}")
+        the batcher); from the second in a row, pause the service for an outage and say so.
+
+        Counted and recorded as one step: a failure counted after the one that pauses must not
+        free its upload slot before the pause is in the journal, where the next upload looks."""
+        with self._pausing:
+            if (until := self.retry.note_failure(service, exc)) is None:
+                return
+            self.journal.pause(service, "outage", until, f"down or overloaded: {exc}")
         log.warning(
             "%s looks down (items fail one after another): nothing is sent to it until %s; the queue is kept",
             service,
