@@ -301,6 +301,7 @@ def test_an_interrupted_sync_lets_uploads_in_flight_finish_so_the_next_one_uploa
     assert sync.returncode == code, err
     assert "Traceback" not in err
     assert f"sync stopped by {sig.name}" in err and "the next `watchd sync` or `watchd run` continues" in err
+    assert "still queued (the next sync or run continues them)" in err and "for the reasons" not in err
     assert len(emulator.uploads()) == 2, "the uploads in flight finished, and no other one began"
     assert uploading(state) == 0, "both recorded"
 

@@ -217,9 +217,11 @@ def _sync(args: argparse.Namespace) -> int:
         with _journal_writable(settings):
             code = engine.sync()
     outcomes = engine.outcomes
+    stopped = code > 128  # by SIGINT or SIGTERM: what is left was not tried, not refused
+    why = "the next sync or run continues them" if stopped else "retry later or paused service"
     summary = (
         f"sync: {outcomes['done']} published, {outcomes['failed']} failed, "
-        f"{engine.left_queued} still queued (retry later or paused service)"
+        f"{engine.left_queued} still queued ({why})"
     )
     if engine.batcher is not None:
         baidu = engine.batcher.outcomes
@@ -245,8 +247,9 @@ def _sync(args: argparse.Namespace) -> int:
             "nothing in it was done; mount or restore it, or fix its path in the config",
             file=sys.stderr,
         )
-    if code:
-        print("sync: see `watchd status` for the reasons", file=sys.stderr)
+    if code and not stopped:
+        status = watchd_command("status", settings.config_path)
+        print(f"sync: see `{status}` for the reasons", file=sys.stderr)
     return code
 
 
