@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import time
@@ -54,4 +55,38 @@ def test_ready_status_watchdog_reload_and_stopping(
     assert daemon.stop() == 0
     receive()
     assert any(m.startswith("STOPPING=1") for m in messages)
+    listener.close()
+
+
+def test_status_names_a_baidu_pause_and_its_queue_without_an_upload_to_prompt_it(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(
+        tmp_path / "c.yaml", emulator, [{"path": folder, "rules": {"baidu": True}}], state_dir=tmp_path / "s"
+    )
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(0.2)
+    statuses: list[str] = []
+
+    def receive() -> list[str]:
+        with contextlib.suppress(TimeoutError):
+            while True:
+                message = listener.recv(4096).decode()
+                statuses.extend(line for line in message.splitlines() if line.startswith("STATUS="))
+        return statuses
+
+    (folder / "a.png").write_bytes(png(3, 3))
+    # A wrong token: Baidu answers "authorisation failed" after the upload is long counted.
+    daemon = start_daemon(
+        config, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000", "TEST_APP_TOKEN": "wrong-token"}
+    )
+    wait_for(lambda: any("paused: baidu (configuration)" in s for s in receive()), timeout=20)
+    last = statuses[-1]
+    assert "1 uploaded today" in last and "1 for Baidu" in last, last
+    assert "wrong-token" not in "".join(statuses)
+    assert daemon.stop() == 0
     listener.close()

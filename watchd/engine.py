@@ -149,6 +149,7 @@ class Engine:
         self._guard: DeleteGuard | None = None
         self._status_dirty = False
         self._status_sent = 0.0
+        self._pauses_shown: tuple[tuple[str, str], ...] = ()  # in the last STATUS=
         self._pinger = WatchdogPinger(self.notifier)
         self.metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
@@ -685,9 +686,14 @@ class Engine:
         self._status_dirty = True
 
     def _report_status(self) -> None:
-        """Send STATUS= at most once a second, and only under systemd: it costs a few queries."""
+        """Send STATUS= at most once a second, and only under systemd: it costs a few queries.
+        A service paused or resumed (the batcher's doing too, not only an upload's) is news."""
+        if not self.notifier.enabled:
+            return
+        if self._pauses() != self._pauses_shown:
+            self._status_dirty = True
         now = time.monotonic()
-        if self._status_dirty and self.notifier.enabled and now - self._status_sent >= STATUS_INTERVAL:
+        if self._status_dirty and now - self._status_sent >= STATUS_INTERVAL:
             self._status_dirty = False
             self._status_sent = now
             self.notifier.status(self._status_line())
@@ -827,12 +833,23 @@ class Engine:
         self.instance.release()
 
     def _status_line(self) -> str:
-        """The one-line STATUS= for systemd: queue depth, uploads today, the last error."""
+        """The one-line STATUS= for systemd: queue depths, uploads today, what is paused and
+        why, the last error."""
         counts = self.journal.counts()
         queued = counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]
         today = sum(gate.used_today() for gate in self.pipeline.quotas.values())
         line = f"{queued} queued, {today} uploaded today, {counts[j.FAILED]} failed"
+        if self.batcher is not None:
+            line += f", {self.journal.outbox_depth()} for Baidu"
+        self._pauses_shown = self._pauses()
+        if self._pauses_shown:
+            line += "; paused: " + ", ".join(f"{name} ({kind})" for name, kind in self._pauses_shown)
         return f"{line}; last error: {self.last_error}" if self.last_error else line
+
+    def _pauses(self) -> tuple[tuple[str, str], ...]:
+        """The services paused now, with why (quota, configuration, outage)."""
+        now = self.clock()
+        return tuple((p.name, p.kind) for p in self.journal.pauses() if p.until is None or p.until > now)
 
 
 def _warn_of_dead_keys(settings: Settings) -> None:
