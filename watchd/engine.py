@@ -328,12 +328,17 @@ class Engine:
 
     def _lift_pauses_a_new_configuration_may_fix(self) -> None:
         """A new configuration (a start or a reload) deserves a new try, also of a service that
-        looked down (it may have been a wrong `api_url`); quota pauses stay."""
+        looked down (it may have been a wrong `api_url`), with the files that failed one by one
+        before it was taken to be down; quota pauses stay."""
+        outage = False
         for pause in self.journal.pauses():
             if pause.kind in ("configuration", "outage"):
                 self.journal.resume(pause.name)
+                outage = outage or pause.kind == "outage"
         self.journal.release_deferred("configuration")
         self.journal.release_deferred("outage")
+        if outage:
+            self.journal.release_deferred("transient")
 
     def stop(self) -> None:
         """Ask the loop to stop (thread-safe; used by signal handlers and tests). Heard at the
