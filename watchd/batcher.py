@@ -41,7 +41,6 @@ from watchd.indexers.base import Indexer, ItemResult, PushItem
 from watchd.journal import DONE, FileRow, Journal, OutboxRow
 from watchd.pipeline import Pipeline, utc_now
 from watchd.quota import QuotaGate
-from watchd.rules import RuleFileError
 from watchd.schema import REFRESH
 from watchd.sidecar import SHOWS_BAIDU
 
@@ -252,10 +251,10 @@ class BaiduBatcher:
             refresh: list[tuple[OutboxRow, FileRow | None]] = []
             if action == "push":
                 files = self.journal.get_by_ids([row.file_id for row in accepted])
-                refresh = [
+                refresh = [  # `_refresh_sidecars` decides which sidecars are to show the push
                     (replace(row, state=REFRESH, attempts=0), replace(file, pushed_at=when, baidu_may_hold=1))
                     for row in accepted
-                    if (file := files.get(row.file_id)) is not None and self._shows_baidu(file)
+                    if (file := files.get(row.file_id)) is not None
                 ]
             self.journal.outbox_sent(accepted, when, {row.id for row, _file in refresh})
             self._refresh_sidecars(refresh)
@@ -281,17 +280,6 @@ class BaiduBatcher:
                 retry_at = self.pipeline.retry.next_attempt_at(row.attempts + 1, error)
                 self.journal.outbox_retry([row.id], str(error), retry_at)
         log.info("Baidu %s: %d of %d items accepted", action, len(accepted), len(rows))
-
-    def _shows_baidu(self, file: FileRow) -> bool:
-        """Whether the sidecar of this just-submitted file is to show it: published (a file
-        still in its sidecar step gets the Baidu block there), in a format that shows it.
-        Unsure (a broken rule file): yes, and the refresh finds out."""
-        if file.path is None or file.state != DONE:
-            return False
-        try:
-            return self.pipeline.resolver.rules_for(Path(file.path)).sidecar_format in SHOWS_BAIDU
-        except RuleFileError:
-            return True
 
     def _catch_up_sidecars(self, now: float) -> float:
         """Retry the sidecar refreshes due at `now`; returns the seconds until the next is due."""
