@@ -86,16 +86,12 @@ class Outbox(Store):
     def outbox_depth(self, action: str | None = None) -> int:
         """Items waiting to be sent (of one `action`), or with no `action`, all Baidu work left,
         sidecars still to show a submission included (`sync` reports it as still queued)."""
-        sql = "SELECT COUNT(*) FROM outbox WHERE state IN (?, ?, ?"
-        args: list[object] = [QUEUED, SENDING, HELD]
         if action:
-            sql += ") AND action = ?"
-            args.append(action)
+            sql, args = "state IN (?, ?, ?) AND action = ?", (QUEUED, SENDING, HELD, action)
         else:
-            sql += ", ?)"
-            args.append(REFRESH)
+            sql, args = "state IN (?, ?, ?, ?)", (QUEUED, SENDING, HELD, REFRESH)
         with self._lock:
-            return int(self._db.execute(sql, args).fetchone()[0])
+            return int(self._db.execute(f"SELECT COUNT(*) FROM outbox WHERE {sql}", args).fetchone()[0])
 
     def next_outbox_time(self) -> float | None:
         """The earliest next-attempt time of queued Baidu items, None if none is queued."""
