@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import json
 import logging
 import os
 import stat
@@ -52,6 +51,7 @@ from watchd.sidecar import (
     render_sidecar,
     sidecar_path,
     write_atomic,
+    written_for,
 )
 from watchd.templates import file_context, render
 from watchd.templates import validate as template_fields
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 
 TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", "~", ".swp", ".!sync")
 CONFIG_PAUSE_RECHECK = 3600.0
-SIDECAR_MAX = 65536  # bytes: far more than any sidecar watchd writes; a bigger file is not one
 
 
 class Intake(enum.Enum):
@@ -645,7 +644,7 @@ class Pipeline:
     ) -> None:
         """`row` records no sidecar, yet watchd may have written one and been killed before
         recording it: remove the file `rules` name for the row's last path and recorded upload
-        if it provably is that sidecar (`_written_for`) and is neither `keep` nor another file's
+        if it provably is that sidecar (`written_for`) and is neither `keep` nor another file's
         sidecar. Anything else of that name is not watchd's: it stays, with a warning.
         """
         if row.uploaded() is None and (row.sha256 is None or "id" in template_fields(rules.sidecar_name)):
@@ -657,7 +656,8 @@ class Pipeline:
             return
         if target == keep or not os.path.lexists(target) or self.journal.sidecar_owner(str(target), row.id):
             return
-        if not _written_for(target, row, rules.sidecar_format):
+        name = os.path.basename(row.last_path)
+        if not written_for(target, rules.sidecar_format, row.link, row.remote_id, row.sha256, name):
             log.warning(
                 "kept %s: it may be a sidecar of %s that watchd wrote before it was stopped, but its "
                 "content does not prove it; remove it by hand if it is",
@@ -685,40 +685,6 @@ class Pipeline:
     def _pause_end(self, service: str) -> float:
         until = self.paused_until(service) or 0.0
         return until if until != float("inf") else self.clock() + CONFIG_PAUSE_RECHECK
-
-
-def _written_for(sidecar: Path, row: FileRow, fmt: str) -> bool:
-    """Whether `sidecar` is provably what watchd wrote for `row` in format `fmt`: a regular file
-    (a link is never followed) holding, in json, the record of the row's upload (its `id` and
-    `link`) or, where the journal holds no upload (killed before recording it), of the content
-    the row claimed to send (`sha256`, and the original's `name`); in any other format, the
-    row's link."""
-    try:
-        fd = os.open(sidecar, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        data = os.read(fd, SIDECAR_MAX + 1)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    if len(data) > SIDECAR_MAX:
-        return False
-    if fmt != "json":
-        return row.link is not None and row.link in data.decode("utf-8", errors="replace")
-    try:
-        record = json.loads(data)
-    except ValueError:
-        return False
-    if not isinstance(record, dict):
-        return False
-    if row.link is not None:
-        return record.get("link") == row.link and record.get("id") == (row.remote_id or "")
-    name = os.path.basename(row.last_path)
-    return row.sha256 is not None and record.get("sha256") == row.sha256 and record.get("name") == name
 
 
 def _clock_time(when: float) -> str:

@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ NAME_MAX = 255  # bytes in one file name, on Linux file systems
 """Part of the name of every temp file `write_atomic` creates: the watcher ignores them."""
 
 SIDECAR_MODE = 0o644
+SIDECAR_MAX = 65536  # bytes: far more than any sidecar watchd writes; a bigger file is not one
 _temp_numbers = itertools.count()  # next() on it is atomic under the GIL
 
 
@@ -201,6 +203,40 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def written_for(
+    sidecar: Path, fmt: str, link: str | None, remote_id: str | None, sha256: str | None, name: str
+) -> bool:
+    """Whether `sidecar` is provably one watchd wrote in format `fmt` for the upload of `link`
+    (and `remote_id`), or, with no `link` known (killed before recording it), for the content
+    `sha256` of the original called `name`: a regular file (a link is never followed) holding,
+    in json, that record; in any other format, `link` itself."""
+    try:
+        fd = os.open(sidecar, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        data = os.read(fd, SIDECAR_MAX + 1)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if len(data) > SIDECAR_MAX:
+        return False
+    if fmt != "json":
+        return link is not None and link in data.decode("utf-8", errors="replace")
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return False
+    if not isinstance(record, dict):
+        return False
+    if link is not None:
+        return record.get("link") == link and record.get("id") == (remote_id or "")
+    return sha256 is not None and record.get("sha256") == sha256 and record.get("name") == name
 
 
 def remove_sidecar(path: Path) -> bool:
