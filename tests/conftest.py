@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -178,3 +180,42 @@ def read_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def sidecar_of(path: Path) -> Path:
     """The default sidecar of an image."""
     return path.with_name(path.name + ".link.json")
+
+
+class Manager:
+    """The service manager's end of NOTIFY_SOCKET: every datagram, with when it came."""
+
+    def __init__(self, address: Path) -> None:
+        self.address = str(address)
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(self.address)
+        self._socket.settimeout(0.05)
+        self.messages: list[tuple[float, str]] = []
+
+    def receive(self) -> list[tuple[float, str]]:
+        with contextlib.suppress(TimeoutError):
+            while True:
+                message = self._socket.recv(4096).decode()
+                self.messages.append((time.monotonic(), message))
+        return self.messages
+
+    def listen(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            self.receive()
+
+    def first(self, prefix: str, after: float = 0.0) -> float | None:
+        return next((t for t, m in self.receive() if m.startswith(prefix) and t >= after), None)
+
+    def pings(self, after: float, before: float) -> list[float]:
+        return [t for t, m in self.receive() if m == "WATCHDOG=1" and after <= t <= before]
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[Manager]:
+    listener = Manager(tmp_path / "notify.sock")
+    yield listener
+    listener.close()

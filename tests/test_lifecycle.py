@@ -8,19 +8,17 @@ import contextlib
 import itertools
 import logging
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import StartDaemon, sidecar_of, wait_for, write_config
+from tests.conftest import Manager, StartDaemon, sidecar_of, wait_for, write_config
 from tests.imagegen import png
 from tests.test_resilience import pushed
 from watchd.config import load_settings
@@ -51,45 +49,6 @@ def pushed_ids(emulator: Emulator) -> list[str]:
     """The id of every item of every pushPic call the emulator answered."""
     calls = [call for call in emulator.baidu_calls() if call.endpoint == "pushPic"]
     return [item["id"] for call in calls for item in call.items]
-
-
-class Manager:
-    """The service manager's end of NOTIFY_SOCKET: every datagram, with when it came."""
-
-    def __init__(self, address: Path) -> None:
-        self.address = str(address)
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind(self.address)
-        self._socket.settimeout(0.05)
-        self.messages: list[tuple[float, str]] = []
-
-    def receive(self) -> list[tuple[float, str]]:
-        with contextlib.suppress(TimeoutError):
-            while True:
-                message = self._socket.recv(4096).decode()
-                self.messages.append((time.monotonic(), message))
-        return self.messages
-
-    def listen(self, seconds: float) -> None:
-        until = time.monotonic() + seconds
-        while time.monotonic() < until:
-            self.receive()
-
-    def first(self, prefix: str, after: float = 0.0) -> float | None:
-        return next((t for t, m in self.receive() if m.startswith(prefix) and t >= after), None)
-
-    def pings(self, after: float, before: float) -> list[float]:
-        return [t for t, m in self.receive() if m == "WATCHDOG=1" and after <= t <= before]
-
-    def close(self) -> None:
-        self._socket.close()
-
-
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[Manager]:
-    listener = Manager(tmp_path / "notify.sock")
-    yield listener
-    listener.close()
 
 
 def slow_baidu_config(tmp_path: Path, emulator: Emulator) -> tuple[Path, Path, Path]:
