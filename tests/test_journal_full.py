@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import sqlite3
 import time
 from pathlib import Path
 
+from benchmarks.children import process_cpu_seconds
 from tests.conftest import StartDaemon, sidecar_of, wait_for, write_config
 from tests.imagegen import png
+from tests.test_lifecycle import uploading
 from tests.test_resilience import FAST_RETRIES, small_filesystem
 from watchd.emulator import Emulator
-
-
-def uploading(state: Path) -> int:
-    with contextlib.closing(sqlite3.connect(state / "journal.sqlite3")) as db:
-        return int(db.execute("SELECT COUNT(*) FROM files WHERE state = 'uploading'").fetchone()[0])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system time a process has used so far (proc(5): utime and stime, in ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_uploads_in_flight_when_the_journal_disk_fills_resume_within_seconds_of_space_coming_back(
@@ -49,9 +38,11 @@ def test_uploads_in_flight_when_the_journal_disk_fills_resume_within_seconds_of_
         # 5 s sleep of the whole daemon, one after the other, even after space was back.
         wait_for(lambda: "cannot write the journal" in daemon.log(), timeout=20)
         time.sleep(1.5)  # the uploads in flight end, and fail to be recorded
-        before = cpu_seconds(daemon.process.pid)
+        before = process_cpu_seconds(daemon.process.pid)
         time.sleep(2.0)
-        assert cpu_seconds(daemon.process.pid) - before < 0.5, "it waits for the disk, it does not spin"
+        assert process_cpu_seconds(daemon.process.pid) - before < 0.5, (
+            "it waits for the disk, it does not spin"
+        )
         emulator.set_faults(latency=0.0)
         filler.unlink()
         freed = time.monotonic()
