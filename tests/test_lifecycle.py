@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,30 @@ def push_in_flight(emulator: Emulator, path: Path, state: Path, latency: float) 
     wait_for(lambda: sidecar_of(path).exists())
     emulator.set_faults(latency=latency)  # read by the push as it arrives, a linger later
     wait_for(lambda: sending(state) == 1)
+
+
+@contextlib.contextmanager
+def reloadable_engine_with_a_push_in_flight(
+    tmp_path: Path, emulator: Emulator, caplog: pytest.LogCaptureFixture, latency: float
+) -> Iterator[tuple[Engine, Path, float]]:
+    """An engine running in a thread (so a test can reach into it across a reload), its first
+    file's push at the emulator, answered `latency` s after the returned monotonic time, and
+    the emulator quick again for what follows; stopped at the end."""
+    config, folder, state = slow_baidu_config(tmp_path, emulator)
+    engine = Engine(load_settings(config))
+    daemon = threading.Thread(target=engine.run, daemon=True)
+    with caplog.at_level(logging.INFO, logger="watchd"):
+        daemon.start()
+        first = folder / "a.png"
+        push_in_flight(emulator, first, state, latency=latency)
+        at_the_emulator = time.monotonic()
+        time.sleep(0.5)
+        emulator.set_faults(latency=0)
+        try:
+            yield engine, first, at_the_emulator
+        finally:
+            engine.stop()
+            daemon.join(timeout=30)
 
 
 def test_sigterm_leaves_a_slow_baidu_call_behind_and_the_next_start_sends_it_again(
@@ -153,16 +178,10 @@ def test_a_journal_error_in_the_new_batcher_never_resends_what_the_old_one_still
     # After a journal error a batcher queues the items marked "sending" again: with the
     # batcher of the config before a reload still in its call, those were its items too,
     # and the new batcher sent them a second time.
-    config, folder, state = slow_baidu_config(tmp_path, emulator)
-    engine = Engine(load_settings(config))
-    daemon = threading.Thread(target=engine.run, daemon=True)
-    with caplog.at_level(logging.INFO, logger="watchd"):
-        daemon.start()
-        first = folder / "a.png"
-        push_in_flight(emulator, first, state, latency=8)
-        answered = time.monotonic() + 8.5  # the old batcher's call: at the emulator, answered in 8 s
-        time.sleep(0.5)
-        emulator.set_faults(latency=0)
+    with reloadable_engine_with_a_push_in_flight(tmp_path, emulator, caplog, latency=8) as running:
+        engine, first, at = running
+        answered = at + 8.5  # the old batcher's call: at the emulator, answered in 8 s
+        folder = first.parent
         engine.reload()
         wait_for(lambda: "configuration reloaded" in caplog.text)
         batcher = engine.batcher
@@ -183,8 +202,6 @@ def test_a_journal_error_in_the_new_batcher_never_resends_what_the_old_one_still
             wait_for(lambda path=path: sidecar_of(path).exists())  # type: ignore[misc]
         wait_for(lambda: all(pushed(p) for p in [first, *later]), timeout=30)
         time.sleep(max(0.0, answered - time.monotonic()))  # every push is answered, a second one too
-        engine.stop()
-        daemon.join(timeout=30)
     assert failed
     items = pushed_ids(emulator)
     assert len(items) == 3, items
@@ -195,15 +212,10 @@ def test_a_sidecar_the_old_batcher_updates_after_a_reload_never_lands_where_the_
 ) -> None:
     # The old batcher's call ends after the reload; rewriting the sidecar to show it, it must
     # hold the same lock as a move of the file, or it writes the sidecar at the old path.
-    config, folder, state = slow_baidu_config(tmp_path, emulator)
-    engine = Engine(load_settings(config))
-    daemon = threading.Thread(target=engine.run, daemon=True)
-    with caplog.at_level(logging.INFO, logger="watchd"):
-        daemon.start()
-        first = folder / "a.png"
-        push_in_flight(emulator, first, state, latency=3)
-        time.sleep(0.5)  # the push is at the emulator, which answers in 3 s
-        emulator.set_faults(latency=0)
+    # The push is at the emulator, which answers in 3 s.
+    with reloadable_engine_with_a_push_in_flight(tmp_path, emulator, caplog, latency=3) as running:
+        engine, first, _at = running
+        folder = first.parent
         old = engine.pipeline
         write = old.write_sidecar
         writing, written = threading.Event(), threading.Event()
@@ -225,8 +237,6 @@ def test_a_sidecar_the_old_batcher_updates_after_a_reload_never_lands_where_the_
         assert written.wait(timeout=10)
         wait_for(lambda: pushed(moved))
         time.sleep(0.5)  # the move, if it waited for the sidecar, is done
-        engine.stop()
-        daemon.join(timeout=30)
     assert not sidecar_of(first).exists(), "no sidecar next to nothing"
     assert sorted(p.name for p in folder.iterdir()) == ["moved.png", "moved.png.link.json"]
 
