@@ -212,16 +212,20 @@ def test_a_sidecar_name_can_never_overwrite_an_image(tmp_path: Path, emulator: E
     assert failed is not None and failed.state == "failed" and "names an image" in (failed.reason or "")
 
 
+@pytest.mark.parametrize("seen_by", ["an event", "the start-up scan"])
 def test_a_firefox_download_is_published_without_reporting_its_empty_placeholder(
-    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon, seen_by: str
 ) -> None:
     folder, config = _folder_and_config(tmp_path, emulator)
-    daemon = start_daemon(config)
+    if seen_by == "an event":
+        daemon = start_daemon(config)
     image = png(10, 10)
     (folder / "x.png").write_bytes(b"")  # Firefox's placeholder, next to the download
     with open(folder / "x.png.part", "wb") as part:
         part.write(image[:100])
         part.flush()
+        if seen_by == "the start-up scan":
+            daemon = start_daemon(config)
         time.sleep(2.5)  # a slow download: longer than the 1 s settle time
         part.write(image[100:])
     os.rename(folder / "x.png.part", folder / "x.png")

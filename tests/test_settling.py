@@ -4,9 +4,10 @@ stopped changing for `settle` seconds."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
-from watchd.settling import Settler
+from watchd.settling import DOWNLOAD_PATIENCE, Settler
 
 
 def _seen_changing(tmp_path: Path) -> tuple[Settler, Path]:
@@ -65,3 +66,16 @@ def test_an_empty_file_waits_while_a_download_into_it_is_in_progress(tmp_path: P
     assert settler.deadlines() == [104.0]
     (tmp_path / "x.png.part").unlink()  # the download was cancelled: the empty file is reported
     assert settler.settled(104.0) == [str(placeholder)]
+
+
+def test_a_download_left_unwritten_for_long_holds_its_empty_file_back_no_more(tmp_path: Path) -> None:
+    """A .part left by a crashed or long-paused download: `watchd sync` must not wait for it."""
+    settler = Settler(2.0, lambda: 100.0)
+    placeholder = tmp_path / "x.png"
+    placeholder.write_bytes(b"")
+    part = tmp_path / "x.png.part"
+    part.write_bytes(b"half an image")
+    written = time.time() - DOWNLOAD_PATIENCE - 1
+    os.utime(part, (written, written))
+    settler.changed(str(placeholder))
+    assert settler.settled(102.0) == [str(placeholder)]

@@ -174,6 +174,8 @@ class Pipeline:
                 info,
                 f"{suffix[1:].upper()} is not accepted by ImageBan (JPEG, PNG and GIF only): convert it",
             )
+        if info.st_size == 0 and not settled:
+            return Intake.WAIT  # a download's placeholder, maybe (see `Settler`): empty once it stays so
         try:
             image = inspect_image(Path(path))
         except FileNotFoundError:

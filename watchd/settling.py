@@ -7,15 +7,20 @@ has stopped changing.
 An empty file is not finished while a download into it is in progress: Firefox creates
 `x.png` empty next to `x.png.part`, writes the .part and renames it over `x.png`, and the
 placeholder would otherwise be reported empty ("copy the file again") before it is filled.
+Every empty file therefore comes here first, however it was found (an event or a scan).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
 from watchd.pipeline import TEMP_SUFFIXES
+
+DOWNLOAD_PATIENCE = 60.0
+"""Seconds a download's temp file may go unwritten and still count as in progress."""
 
 
 class _Seen(NamedTuple):
@@ -76,5 +81,16 @@ class Settler:
 
 
 def _placeholder(path: str, size: int) -> bool:
-    """Whether `path` is empty and a download into it (`path` + a temp suffix) is in progress."""
-    return size == 0 and any(os.path.lexists(path + suffix) for suffix in TEMP_SUFFIXES)
+    """Whether `path` is empty and a download into it (`path` + a temp suffix) is in progress:
+    written to within DOWNLOAD_PATIENCE. One left behind by a crash or paused for long does
+    not hold the empty file back for ever (nor `watchd sync`, which waits for settling files)."""
+    if size:
+        return False
+    now = time.time()
+    for suffix in TEMP_SUFFIXES:
+        try:
+            if now - os.lstat(path + suffix).st_mtime < DOWNLOAD_PATIENCE:
+                return True
+        except OSError:
+            continue
+    return False

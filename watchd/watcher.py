@@ -206,19 +206,8 @@ class _Translator(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         fact = translate(event)
-        if isinstance(fact, Finished) and _empty(fact.path):
-            # Most likely a placeholder (Firefox creates x.png empty next to x.png.part, then
-            # renames the .part over it): finished only if it stays empty, see `Settler`.
-            fact = Changed(fact.path)
         if fact is not None:
             self._sink(fact)
-
-
-def _empty(path: str) -> bool:
-    try:
-        return os.lstat(path).st_size == 0
-    except OSError:
-        return False
 
 
 def translate(event: FileSystemEvent) -> Fact | None:
