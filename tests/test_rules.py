@@ -130,6 +130,34 @@ def test_same_size_same_mtime_edit_needs_invalidate(tmp_path: Path, photos: Path
     assert resolver.rules_for(photos / "x.png").title == "BBBB {stem}"
 
 
+def test_rules_resolved_for_a_directory_follow_every_rule_file_above_it(tmp_path: Path, photos: Path) -> None:
+    """A directory's merged rules are kept; a rule file appearing, changing or going at any
+    level above it makes them be merged again, and `invalidate` of a rule file forgets them."""
+    resolver = RuleResolver(
+        settings_for(tmp_path, f"defaults: {{host: me}}\nfolders: [{{path: {photos}}}]\n")
+    )
+    deep = photos / "2024" / "june"
+    deep.mkdir(parents=True)
+    image = deep / "x.png"
+    assert resolver.rules_for(image).title == "{stem}"
+
+    top = rule_file(photos, "title: 'top {stem}'\ntags: [a]\n")
+    assert (resolver.rules_for(image).title, resolver.rules_for(image).tags) == ("top {stem}", ("a",))
+    middle = rule_file(photos / "2024", "title: 'middle {stem}'\n")
+    assert (resolver.rules_for(image).title, resolver.rules_for(image).tags) == ("middle {stem}", ("a",))
+    top.write_text("tags: [a, b]\n", encoding="utf-8")
+    assert resolver.rules_for(image).tags == ("a", "b")
+    middle.unlink()
+    assert resolver.rules_for(image).title == "{stem}"
+
+    before = top.stat()
+    top.write_text("tags: [c, d]\n", encoding="utf-8")  # same size, same mtime: unseen until told
+    os.utime(top, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert resolver.rules_for(image).tags == ("a", "b")
+    resolver.invalidate(top)
+    assert resolver.rules_for(image).tags == ("c", "d")
+
+
 def test_broken_rule_file_names_file_and_line(tmp_path: Path, photos: Path) -> None:
     resolver = RuleResolver(
         settings_for(tmp_path, f"defaults: {{host: me}}\nfolders: [{{path: {photos}}}]\n")
