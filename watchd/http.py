@@ -34,6 +34,7 @@ DEFAULT_HEADERS = {
     "Accept": "*/*",
     "Accept-Encoding": "identity",  # the answers are a few hundred bytes; a compressed one could be a bomb
 }
+MAX_PARSED_URLS = 64
 
 
 class HttpPoster(Protocol):
@@ -89,6 +90,7 @@ class HttpClient:
         # (scheme, host) -> its transport, and the key in `_proxies` of its proxy ("" if direct)
         self._via: dict[tuple[str, str], tuple[httpx.BaseTransport, str]] = {}
         self._by_proxy: dict[str, httpx.BaseTransport] = {}
+        self._urls: dict[str, httpx.URL] = {}  # parsed once: each service posts to one or two
         self._lock = threading.Lock()
 
     def post(
@@ -107,9 +109,14 @@ class HttpClient:
         `ProxyUnreachable` (a TLS failure through it is the service's, and passes through).
         """
         timeouts = self._timeouts if timeout is None else _timeouts(timeout, self._connect_timeout)
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = httpx.URL(url)
+            if len(self._urls) < MAX_PARSED_URLS:
+                self._urls[url] = parsed
         request = httpx.Request(
             "POST",
-            url,
+            parsed,
             headers={**DEFAULT_HEADERS, **headers},
             content=content,
             data=data,

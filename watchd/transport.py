@@ -215,13 +215,15 @@ class PooledTransport(httpx.BaseTransport):
             self._checkin(origin, connection)
         else:
             connection.close()
-        return httpx.Response(
+        response = httpx.Response(
             status,
             headers=headers,
             stream=httpx.ByteStream(content),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
             request=request,
         )
+        response._content = content  # already read and decoded: `read()` need not stream it again
+        return response
 
     def _checkout(self, origin: _Origin) -> _Connection | None:
         while True:
