@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import gc
 import json
 import logging
 import sqlite3
@@ -180,12 +181,18 @@ def _engine(settings: Settings, progress: Progress | None = None) -> Engine:
     from watchd.engine import Engine
 
     try:
-        return Engine(settings, progress=progress)
+        engine = Engine(settings, progress=progress)
     except (OSError, sqlite3.Error) as exc:
         raise WatchdError(
             f"cannot open the journal in {settings.state_dir}: {exc}; check state_dir in the config, "
             "that this user may write there and that its disk has free space"
         ) from exc
+    # What is alive now (modules, the config, the engine) lives as long as the process: kept
+    # out of the collector's full passes, which would walk it all again and again (3 % of the
+    # CPU of a large sync, docs/benchmarks.md round 8). Garbage is collected first, not kept.
+    gc.collect()
+    gc.freeze()
+    return engine
 
 
 @contextlib.contextmanager
