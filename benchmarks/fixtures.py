@@ -23,11 +23,20 @@ def new_emulator() -> Emulator:
     return Emulator(account_quota=UNLIMITED_QUOTA, guest_quota=UNLIMITED_QUOTA)
 
 
-def write_config(path: Path, emulator: Emulator, folder: Path, state_dir: Path) -> Path:
-    """A config watching `folder` (recursively), uploading to the emulator and pushing to Baidu."""
-    config = {
+def write_config(
+    path: Path,
+    emulator: Emulator,
+    folder: Path,
+    state_dir: Path,
+    *,
+    concurrency: int = CONCURRENCY,
+    baidu: bool = True,
+) -> Path:
+    """A config watching `folder` (recursively), uploading to the emulator and (with `baidu`)
+    pushing to it."""
+    config: dict[str, object] = {
         "state_dir": str(state_dir),
-        "concurrency": CONCURRENCY,
+        "concurrency": concurrency,
         "hosts": {
             "me": {
                 "type": "imageban",
@@ -36,10 +45,11 @@ def write_config(path: Path, emulator: Emulator, folder: Path, state_dir: Path) 
                 "daily_quota": UNLIMITED_QUOTA,
             }
         },
-        "baidu": {"app_id": "demo-app", "app_token": "demo-token", "api_base": emulator.baidu_url},
         "defaults": {"host": "me"},
         "folders": [{"path": str(folder), "recursive": True}],
     }
+    if baidu:
+        config["baidu"] = {"app_id": "demo-app", "app_token": "demo-token", "api_base": emulator.baidu_url}
     path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")  # JSON is YAML
     path.chmod(0o600)  # it holds the (demo) secrets inline; watchd warns otherwise
     return path

@@ -152,3 +152,20 @@ def test_the_latency_timeline_marks_every_file_at_every_moment_in_order(tmp_path
     medians = [figures["p50"] for figures in moments.values()]
     assert medians[0] > 0 and medians[:-1] == sorted(medians[:-1])  # the last is seen from outside
     assert all(figures["p50"] <= figures["p95"] for figures in moments.values())
+
+
+def test_the_scaling_comparison_runs_every_contender_at_every_concurrency(tmp_path: Path) -> None:
+    """`python -m benchmarks.scaling`, behind the concurrency table in docs/benchmarks.md."""
+    out = tmp_path / "scaling.json"
+    argv = [sys.executable, "-m", "benchmarks.scaling", "--images", "20", "--repeats", "1"]
+    argv += ["--concurrency", "1,2", "--workdir", str(tmp_path / "work"), "--json", str(out)]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["contender"], row["concurrency"]) for row in rows] == [
+        (name, concurrency) for concurrency in (1, 2) for name in ("watchd", "watchd, no Baidu", "raw httpx")
+    ]
+    assert all(row["images_per_s"] > 0 and row["cpu_ms_per_image"] > 0 for row in rows)
+    assert "CPU ms/image" in proc.stdout
+    no_baidu = tmp_path / "work" / "0-watchd-no-Baidu-1"
+    assert "baidu" not in (no_baidu / "config.yaml").read_text()  # the contender is what it says
