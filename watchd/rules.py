@@ -42,6 +42,7 @@ from watchd.errors import ConfigError, display_url
 log = logging.getLogger(__name__)
 
 RULE_FILE_NAME = ".watchd.yaml"
+MAX_RESOLVED_DIRECTORIES = 4096  # directories whose merged rules are kept; memory stays small
 _T = TypeVar("_T")
 
 
@@ -205,6 +206,8 @@ class RuleResolver:
             return known.rules
         rules = self._merge(folder, rule_files, keys)
         with self._lock:
+            if len(self._resolved) >= MAX_RESOLVED_DIRECTORIES:  # a tree of many directories
+                self._resolved.clear()
             self._resolved[place] = _Resolved(rule_files, keys, rules)
         return rules
 
