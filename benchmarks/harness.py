@@ -214,12 +214,23 @@ def profile_main(
     args = parser.parse_args(argv)
     if args.child:
         return child(Path(args.child[0]), Path(args.child[1]))
+    return report(prog, lambda: measure(getattr(args, flag)), render, args.json)
+
+
+def report(
+    prog: str,
+    measure: Callable[[], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    json_path: Path | None,
+) -> int:
+    """Run `measure`, print its table (or why it could not finish, then exit status 1) and
+    write its figures to `json_path` if given: the ending of every `python -m benchmarks.*`."""
     try:
-        result = measure(getattr(args, flag))
+        result = measure()
     except BenchmarkError as exc:
         print(f"{prog.removeprefix('python -m ')}: {exc}", file=sys.stderr)
         return 1
     print(render(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -19,7 +19,6 @@ path (`PYTHONPATH=path/to/other/checkout`), one right after the other.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -30,9 +29,10 @@ from typing import Any
 
 from benchmarks.children import ChildRun, run_child, watchd_argv
 from benchmarks.fixtures import count_sidecars, new_emulator, secret_env, write_config, write_images
-from benchmarks.harness import BenchmarkError, measured_watchd, say
+from benchmarks.harness import BenchmarkError, measured_watchd, report, say
 from watchd.emulator import Emulator
 
+PROG = "python -m benchmarks.scaling"
 CONTENDERS = ("watchd", "watchd, no Baidu", "raw httpx")
 TIMEOUT = 900.0
 
@@ -128,20 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args(argv)
     concurrencies = [int(part) for part in args.concurrency.split(",")]
-    try:
+
+    def run() -> dict[str, Any]:
         if args.workdir:
             args.workdir.mkdir(parents=True, exist_ok=True)
-            result = measure(args.images, args.repeats, concurrencies, args.workdir)
-        else:
-            with tempfile.TemporaryDirectory(prefix="watchd-scaling-") as scratch:
-                result = measure(args.images, args.repeats, concurrencies, Path(scratch))
-    except BenchmarkError as exc:
-        print(f"benchmarks.scaling: {exc}", file=sys.stderr)
-        return 1
-    print(render(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return 0
+            return measure(args.images, args.repeats, concurrencies, args.workdir)
+        with tempfile.TemporaryDirectory(prefix="watchd-scaling-") as scratch:
+            return measure(args.images, args.repeats, concurrencies, Path(scratch))
+
+    return report(PROG, run, render, args.json)
 
 
 if __name__ == "__main__":
