@@ -556,3 +556,25 @@ def test_a_batcher_that_cannot_write_the_journal_says_so_once_without_a_tracebac
     ]
     assert said[0].exc_info is None
     engine.journal.close()
+
+
+def test_a_file_found_while_sync_drains_baidu_is_pushed_before_sync_ends(
+    setup: tuple[Path, Path, Path], emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, public, _private = setup
+    (public / "first.png").write_bytes(png(10, 10))
+    engine = Engine(load_settings(config))
+    real_drain = BaiduBatcher.drain
+
+    def drain_and_find_one_more(batcher: BaiduBatcher) -> None:
+        monkeypatch.setattr(BaiduBatcher, "drain", real_drain)
+        (public / "late.png").write_bytes(png(11, 11))
+        engine.upkeep.rescan_all()  # found while the first drain runs: uploaded, then pushed
+        real_drain(batcher)
+
+    monkeypatch.setattr(BaiduBatcher, "drain", drain_and_find_one_more)
+    assert engine.sync() == 0
+    assert sorted(item["title"].split(" ")[0] for call in pushes(emulator) for item in call.items) == [
+        "first",
+        "late",
+    ]

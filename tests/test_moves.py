@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Daemon, StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import gif, png
+from watchd import engine as engine_module
 from watchd.config import load_settings
 from watchd.emulator import Emulator
 from watchd.engine import Engine
@@ -416,3 +419,29 @@ def test_a_file_renamed_over_a_published_one_while_stopped_is_not_uploaded_again
     assert set(emulator.baidu_index()) == {x_id}
     assert x_link in sidecar_of(second / "y.png").read_text(encoding="utf-8")
     assert not any(first.iterdir())
+
+
+def test_files_renamed_while_stopped_are_moves_however_long_the_reconciliation_takes(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (folder,), state, config = _watched(tmp_path, emulator, "w")
+    for n in range(4):
+        (folder / f"p{n}.png").write_bytes(png(10 + n, 10))
+    assert Engine(load_settings(config)).sync() == 0
+    ids = {n: baidu_id(state, folder / f"p{n}.png") for n in (0, 1)}
+    for n in (0, 1):  # while watchd is not running
+        os.rename(folder / f"p{n}.png", folder / f"renamed{n}.png")
+    # One fact a turn: the walk's turn ends before the files it found are taken in, as a walk
+    # of many files (or of many sidecars to restore) overruns a turn's 0.2 s.
+    monkeypatch.setattr(engine_module, "TURN_BUDGET", 0.0)
+    assert Engine(load_settings(config)).sync() == 0
+    assert len(emulator.uploads()) == 4
+    assert [endpoint for endpoint, _ids in baidu_calls(emulator)] == ["pushPic"]  # no delPic
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("renamed")) == [
+        "renamed0.png",
+        "renamed0.png.link.json",
+        "renamed1.png",
+        "renamed1.png.link.json",
+    ]
+    assert not sidecar_of(folder / "p0.png").exists()
+    assert {n: baidu_id(state, folder / f"renamed{n}.png") for n in (0, 1)} == ids

@@ -83,9 +83,11 @@ class BaiduBatcher:
         self._next_refresh = 0.0
         self.calls = 0
         self.outcomes: Counter[str] = Counter()
+        self.news = 0  # how often it was told of new items: a drain begun before the last is stale
 
     def wake(self) -> None:
         """New items were queued: look at the outbox now."""
+        self.news += 1
         self._wake.set()
 
     def pushes_queued(self, n: int = 1) -> None:
@@ -93,6 +95,7 @@ class BaiduBatcher:
         batch is lingering yet (the first push starts one); otherwise the linger's own
         deadline (or a pause's end) brings the batcher back. Spares a look (and its queries)
         per file."""
+        self.news += 1
         self._unseen += n
         if self._unseen >= self.indexer.max_push or not self._will_look:
             self._wake.set()

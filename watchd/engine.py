@@ -135,6 +135,7 @@ class Engine:
         self._stopping = False
         self._stop_signal: int | None = None  # the signal that asked for the stop
         self._not_taken_in = 0  # files a reconciliation found that a stop left unlooked-at
+        self._take_ins_queued = 0  # chunks of found files not taken in yet (see _retire_departed)
         self._journal_retry_at: float | None = None  # while the journal cannot be written: next try
         self.workers = UploadWorkers(
             settings.concurrency,
@@ -163,6 +164,7 @@ class Engine:
         self._batcher_thread: threading.Thread | None = None
         self._drain: threading.Thread | None = None  # see _drained
         self._drain_error: Exception | None = None
+        self._drain_news = 0  # the batcher's `news` when the last drain began
         self._left_behind = False  # a stop left calls in flight behind (see _close)
         self.batcher: BaiduBatcher | None = None
         # One for the process, not one per configuration: a batcher (or worker) of the config
@@ -544,9 +546,12 @@ class Engine:
             case Rescan(path):
                 self._rescan(path)
             case _TakeIn(paths):  # the sidecar lock first, as the batcher takes them (a move)
-                with self.pipeline.sidecar_lock, self.journal.batch():
-                    for file_path in paths:
-                        self._intake(file_path, settled=False)
+                try:
+                    with self.pipeline.sidecar_lock, self.journal.batch():
+                        for file_path in paths:
+                            self._intake(file_path, settled=False)
+                finally:
+                    self._take_ins_queued -= 1
                 self._dispatch(self.clock())
             case Done(file_id, outcome, path, error):
                 self._finished(file_id, outcome, path, error)
@@ -619,6 +624,12 @@ class Engine:
             self.batcher.wake()
 
     def _retire_departed(self, now: float, *, force: bool) -> None:
+        """Retire the vanished files that are due, but none while files a reconciliation found
+        wait to be taken in: one of them may be where a vanished file went (renamed while
+        watchd was not looking), and only its intake pairs the two as a move. Retired first,
+        the file would be withdrawn from Baidu and uploaded again under its new name."""
+        if self._take_ins_queued:
+            return
         for row in self.departures.due(now, force=force, in_flight=self.workers.in_flight):
             self._retire(row)
 
@@ -648,6 +659,7 @@ class Engine:
         if self.progress is not None:
             self.progress.found(len(found))
         for start in range(0, len(found), TAKE_IN_CHUNK):
+            self._take_ins_queued += 1
             self._facts.put(_TakeIn(tuple(found[start : start + TAKE_IN_CHUNK])))
 
     # -- workers -----------------------------------------------------------------------
@@ -704,7 +716,7 @@ class Engine:
             self.notifier.status(self._status_line())
 
     def _idle(self, now: float) -> bool:
-        if self.workers.in_flight or self._settler or self._departing(now):
+        if self.workers.in_flight or self._take_ins_queued or self._settler or self._departing(now):
             return False
         due = self.journal.next_due_time()
         if due is not None and due <= now:
@@ -714,8 +726,14 @@ class Engine:
     def _drained(self, batcher: BaiduBatcher) -> bool:
         """Whether everything due for Baidu has been sent (the end of `sync`; its error is raised
         here). Sent from a thread of its own, which wakes the loop when done: so a stop is heard
-        meanwhile, and can leave the call in flight behind as it does the batcher's."""
+        meanwhile, and can leave the call in flight behind as it does the batcher's. Items
+        queued after a drain began (the loop goes on meanwhile) get a drain of their own."""
+        last = self._drain
+        stale = batcher.news != self._drain_news and self._drain_error is None
+        if last is not None and stale and not last.is_alive():
+            self._drain = None
         if self._drain is None:
+            self._drain_news = batcher.news
 
             def drain() -> None:
                 try:
@@ -825,6 +843,7 @@ class Engine:
             with contextlib.suppress(sqlite3.Error):
                 self._finished(fact.file_id, fact.outcome, fact.path, fact.error)
         elif isinstance(fact, _TakeIn):
+            self._take_ins_queued -= 1
             self._not_taken_in += len(fact.paths)
 
     def _close(self) -> None:
