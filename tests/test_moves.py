@@ -445,3 +445,38 @@ def test_files_renamed_while_stopped_are_moves_however_long_the_reconciliation_t
     ]
     assert not sidecar_of(folder / "p0.png").exists()
     assert {n: baidu_id(state, folder / f"renamed{n}.png") for n in (0, 1)} == ids
+
+
+DIE_AFTER_RECORDING_A_PUSH = """
+import os
+from watchd.journal import Journal
+
+record_sent = Journal.outbox_sent
+
+def record_then_die(self, *args, **kwargs):
+    record_sent(self, *args, **kwargs)
+    os._exit(137)  # as a kill -9 before the sidecars are rewritten to show the push
+
+Journal.outbox_sent = record_then_die
+"""
+
+
+def test_a_file_renamed_after_a_kill_left_its_sidecar_to_show_its_push_is_finished_by_the_move(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    (folder,), _state, config = _watched(tmp_path, emulator, "w")
+    (folder / "a.png").write_bytes(png(10, 10))
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(DIE_AFTER_RECORDING_A_PUSH)
+    assert run_cli("sync", "-c", str(config), env={"PYTHONPATH": str(hook)}).returncode == 137
+    assert "baidu" not in sidecar_text(folder / "a.png")
+    os.rename(folder / "a.png", folder / "b.png")  # while watchd is not running
+    result = run_cli("sync", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["b.png", "b.png.link.json"]
+    assert "baidu" in sidecar_text(folder / "b.png")
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert status["baidu"]["sidecars_to_update"] == 0
+    assert len(emulator.uploads()) == 1
+    assert [endpoint for endpoint, _ids in baidu_calls(emulator)] == ["pushPic"]

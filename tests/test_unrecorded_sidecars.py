@@ -145,3 +145,18 @@ def test_a_file_watchd_did_not_write_under_the_sidecar_name_is_kept(
     assert result.returncode == 0, result.stderr
     assert sidecar_of(image).read_text() == content
     assert f"kept {sidecar_of(image)}" in result.stderr
+
+
+def test_a_sidecar_written_right_before_a_kill_goes_when_its_original_is_renamed(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    config, folder = watched(tmp_path, emulator)
+    image = folder / "a.png"
+    image.write_bytes(png(8, 8))
+    assert run_cli("sync", "-c", str(config), env=die_before(tmp_path, "record_published")).returncode == 137
+    assert sidecar_of(image).exists()
+    image.rename(folder / "b.png")  # before watchd runs again
+    result = run_cli("sync", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["b.png", "b.png.link.json"]
+    assert json.loads(sidecar_of(folder / "b.png").read_text())["link"] == emulator.uploads()[-1].link

@@ -613,7 +613,11 @@ class Pipeline:
                 return False
         if row.sidecar_path and row.sidecar_path != sidecar:
             self._remove_old_sidecar(row.sidecar_path)
+        elif not row.sidecar_path:  # one written by a run killed before recording it stays behind
+            self._remove_sidecar_left_at_source(row, keep=sidecar)
         self.journal.move(row.id, dest, root, sidecar)
+        if sidecar is not None:  # written from the row: it shows any Baidu submission a refresh waited for
+            self.journal.sidecar_refreshed(row.id)
         log.info("moved %s → %s (no re-upload)", row.last_path, dest)
         return sidecar is not None
 
@@ -669,6 +673,15 @@ class Pipeline:
             return
         self._remove_old_sidecar(str(target))
         log.info("removed %s, a sidecar of %s an interrupted run had not recorded", target, row.last_path)
+
+    def _remove_sidecar_left_at_source(self, row: FileRow, keep: str | None) -> None:
+        """A file moved before any sidecar of it was recorded: one an interrupted run wrote at
+        its old path (see `_remove_unrecorded_sidecar`) would otherwise stay there for good."""
+        try:
+            rules = self.resolver.rules_for(Path(row.last_path))
+        except RuleFileError:
+            return  # what the old folder's rules name cannot be known: nothing is removed
+        self._remove_unrecorded_sidecar(row, rules, keep=None if keep is None else Path(keep))
 
     def _remove_old_sidecar(self, sidecar: str) -> None:
         """A sidecar that no longer belongs to a file: removed, or left with a warning (the
