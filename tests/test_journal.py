@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -233,13 +234,23 @@ def test_a_push_queued_while_the_files_first_push_is_in_flight_is_sent_as_a_modi
     assert journal.mark_sending([second.id]) == ([second.id], {second.id})
 
 
-def test_queue_push_adds_one_only_when_none_is_on_its_way(journal: Journal) -> None:
+def test_a_move_with_a_push_updates_the_one_not_sent_yet_and_follows_the_one_on_its_way(
+    journal: Journal,
+) -> None:
     row, push = _queued_push(journal)
-    assert not journal.queue_push(row.id, {"id": row.baidu_id, "title": "c"})
+    journal.outbox_retry([push.id], "timed out", time.time() + 60)  # backing off
+    journal.move(row.id, "/w/b.png", "/w", "/w/b.png.link.json", {"id": row.baidu_id, "title": "b"})
+    assert journal.push_queued(row.id) and not journal.due_outbox("push", now=time.time(), limit=20)
+    (updated,) = journal.due_outbox("push", now=1e12, limit=20)  # the same item, its backoff kept
+    assert (updated.id, updated.payload) == (push.id, {"id": row.baidu_id, "title": "b"})
     journal.mark_sending([push.id])
-    assert not journal.queue_push(row.id, {"id": row.baidu_id, "title": "c"})
+    journal.move(row.id, "/w/c.png", "/w", "/w/c.png.link.json", {"id": row.baidu_id, "title": "c"})
+    (follower,) = journal.due_outbox("push", now=1e12, limit=20)
+    assert follower.id != push.id and follower.payload == {"id": row.baidu_id, "title": "c"}
     journal.outbox_sent([push], "2026-11-23T10:00:01Z")
-    assert journal.queue_push(row.id, {"id": row.baidu_id, "title": "c"})
+    assert journal.push_queued(row.id)  # the follower still is
+    moved = journal.get_by_id(row.id)
+    assert moved is not None and moved.path == "/w/c.png"
 
 
 def test_migration_4_marks_what_baidu_may_hold_and_drops_pushes_of_deleted_files(tmp_path: Path) -> None:

@@ -55,6 +55,16 @@ def baidu_calls(emulator: Emulator) -> list[tuple[str, list[str]]]:
     ]
 
 
+def _pushes(emulator: Emulator) -> list[tuple[str, str]]:
+    """(title, modify) of every item pushed successfully, in order."""
+    return [
+        (item["title"], item["extra"]["modify"])
+        for call in emulator.baidu_calls()
+        if call.endpoint == "pushPic" and call.errno == 0
+        for item in call.items
+    ]
+
+
 def test_a_rename_while_the_upload_is_in_flight_moves_the_sidecar_with_it(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
@@ -436,7 +446,11 @@ def test_files_renamed_while_stopped_are_moves_however_long_the_reconciliation_t
     monkeypatch.setattr(engine_module, "TURN_BUDGET", 0.0)
     assert Engine(load_settings(config)).sync() == 0
     assert len(emulator.uploads()) == 4
-    assert [endpoint for endpoint, _ids in baidu_calls(emulator)] == ["pushPic"]  # no delPic
+    # no delPic: the renamed files are re-submitted under their new names, nothing is withdrawn
+    assert [(endpoint, sorted(pushed)) for endpoint, pushed in baidu_calls(emulator)][1:] == [
+        ("pushPic", sorted(ids.values()))
+    ]
+    assert [i["title"] for i in emulator.baidu_index().values()].count("renamed0 - w") == 1
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith("renamed")) == [
         "renamed0.png",
         "renamed0.png.link.json",
@@ -479,4 +493,54 @@ def test_a_file_renamed_after_a_kill_left_its_sidecar_to_show_its_push_is_finish
     status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
     assert status["baidu"]["sidecars_to_update"] == 0
     assert len(emulator.uploads()) == 1
-    assert [endpoint for endpoint, _ids in baidu_calls(emulator)] == ["pushPic"]
+    assert [endpoint for endpoint, _ids in baidu_calls(emulator)] == ["pushPic", "pushPic"]  # then as "b"
+    assert _pushes(emulator) == [("a - w image", "0"), ("b - w image", "1")]
+
+
+def test_a_published_file_renamed_is_found_in_baidu_by_its_new_name(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    (folder,), _state, config = _watched(tmp_path, emulator, "harbour")
+    daemon = start_daemon(config)
+    (folder / "IMG_0412.png").write_bytes(png(10, 10))
+    wait_for(lambda: _pushes(emulator) == [("IMG_0412 - harbour", "0")], timeout=20)
+    os.rename(folder / "IMG_0412.png", folder / "harbour at dawn.png")
+    wait_for(lambda: [i["title"] for i in emulator.baidu_index().values()] == ["harbour at dawn"], timeout=20)
+    assert _pushes(emulator) == [("IMG_0412 - harbour", "0"), ("harbour at dawn", "1")]
+    assert len(emulator.uploads()) == 1
+    assert daemon.stop() == 0
+
+
+def test_a_move_that_leaves_the_baidu_item_as_it_was_sends_nothing_to_baidu(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    """The title here names no file, so a rename changes nothing Baidu holds."""
+    folder = tmp_path / "w"
+    folder.mkdir()
+    rules = {"title": "Photo archive of the harbour"}
+    config = write_config(
+        tmp_path / "c.yaml", emulator, [{"path": folder, "rules": rules}], state_dir=tmp_path / "s"
+    )
+    start_daemon(config)
+    (folder / "a.png").write_bytes(png(10, 10))
+    wait_for(lambda: len(emulator.baidu_index()) == 1, timeout=20)
+    os.rename(folder / "a.png", folder / "b.png")
+    wait_for(lambda: sidecar_of(folder / "b.png").exists(), timeout=20)
+    (folder / "c.png").write_bytes(png(11, 11))  # its push would carry a re-submission of b along
+    wait_for(lambda: len(emulator.baidu_index()) == 2, timeout=20)
+    assert [modify for _title, modify in _pushes(emulator)] == ["0", "0"]
+
+
+def test_a_file_renamed_while_its_push_waits_for_the_quota_goes_to_baidu_under_its_new_name(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    (folder,), state, config = _watched(tmp_path, emulator, "w")
+    emulator.set_faults(baidu_quota=0)  # today's quota is used up: pushes wait for tomorrow
+    start_daemon(config)
+    (folder / "IMG_0412.png").write_bytes(png(10, 10))
+    wait_for(lambda: any(c.errno == 301002 for c in emulator.baidu_calls()), timeout=20)
+    os.rename(folder / "IMG_0412.png", folder / "harbour at dawn.png")
+    wait_for(lambda: sidecar_of(folder / "harbour at dawn.png").exists(), timeout=20)
+    with sqlite3.connect(state / "journal.sqlite3") as db:
+        queued = db.execute("SELECT state, payload FROM outbox WHERE action = 'push'").fetchall()
+    assert [(s, json.loads(p)["title"]) for s, p in queued] == [("queued", "harbour at dawn")]

@@ -548,24 +548,28 @@ class Pipeline:
         """The Baidu item for this file, validated now so a doomed request is never sent."""
         if self.settings.baidu is None or not rules.baidu:
             return None, None
-        context = self._context(row)
         try:
-            item = PushItem(
-                id=row.baidu_id,
-                title=make_title(render(rules.title, context), context["folder"]),
-                objurl=encode_url(row.link or ""),
-                fromurl=encode_url(render(rules.fromurl, context)),
-                edit_time=row.mtime_ns // 1_000_000_000,
-                tags=tuple(rules.tags),
-                copyright=rules.copyright,
-                modify=False,  # decided when it is sent: `Outbox.mark_sending`
-            )
-            validate_push_item(item)
+            return self._item(row, rules), None
         except (PermanentFileError, ValueError) as exc:
             reason = exc.message if isinstance(exc, ServiceError) else str(exc)
             log.warning("not submitted to Baidu: %s: %s", row.path, reason)
             return None, reason
-        return asdict(item), None
+
+    def _item(self, row: FileRow, rules: EffectiveRules) -> dict[str, object]:
+        """The validated Baidu item of `row` under `rules`; raises if Baidu would refuse it."""
+        context = self._context(row)
+        item = PushItem(
+            id=row.baidu_id,
+            title=make_title(render(rules.title, context), context["folder"]),
+            objurl=encode_url(row.link or ""),
+            fromurl=encode_url(render(rules.fromurl, context)),
+            edit_time=row.mtime_ns // 1_000_000_000,
+            tags=tuple(rules.tags),
+            copyright=rules.copyright,
+            modify=False,  # decided when it is sent: `Outbox.mark_sending`
+        )
+        validate_push_item(item)
+        return asdict(item)
 
     # -- moves and deletions -----------------------------------------------------------
 
@@ -576,35 +580,21 @@ class Pipeline:
         move; a crash before that record leaves the old path vanished and the new one
         unknown, which reconciliation pairs as the same move again. Once recorded, nothing
         would remember the old sidecar, so it must be gone by then.
-        A published file moved to where the rules submit to Baidu (drafts → public) is
-        submitted; returns whether a push was queued.
+        Returns whether the move queued a Baidu push (see `_push_after_move`).
         """
         with self.sidecar_lock:
             row = self.journal.get_by_id(row.id) or row  # with a Baidu refresh recorded just now
-            published = self._move(row, dest)
-        moved = self.journal.get_by_id(row.id)
-        return published and moved is not None and self._submit_if_wanted_now(moved)
-
-    def _submit_if_wanted_now(self, row: FileRow) -> bool:
-        """Queue a push of a published file that Baidu does not hold yet, if its rules want one."""
-        if row.baidu_may_hold or self.settings.baidu is None:
-            return False
-        try:
-            rules = self.resolver.rules_for(Path(row.last_path))
-        except RuleFileError:
-            return False  # the file's sidecar is retried and reported; the push waits for a fix
-        push, _error = self._push_payload(row, rules)
-        return push is not None and self.journal.queue_push(row.id, push)
+            return self._move(row, dest)
 
     def _move(self, row: FileRow, dest: str) -> bool:
-        """Returns whether the file is published (its sidecar in place) at `dest`."""
         folder = self.folder_for(dest)
         assert folder is not None
         root = str(folder.path)
+        moved = replace(row, path=dest, last_path=dest, root=root)
         sidecar: str | None = None
         if row.state == j.DONE:
             try:
-                sidecar = str(self.write_sidecar(replace(row, path=dest, last_path=dest, root=root)))
+                sidecar = str(self.write_sidecar(moved))
             except (OSError, RuleFileError, ValueError) as exc:
                 log.error("moved %s → %s but could not rewrite its sidecar: %s", row.last_path, dest, exc)
                 # The old sidecar stays recorded, so writing the new one later removes it.
@@ -615,11 +605,37 @@ class Pipeline:
             self._remove_old_sidecar(row.sidecar_path)
         elif not row.sidecar_path:  # one written by a run killed before recording it stays behind
             self._remove_sidecar_left_at_source(row, keep=sidecar)
-        self.journal.move(row.id, dest, root, sidecar)
+        push = self._push_after_move(row, moved) if sidecar is not None else None
+        self.journal.move(row.id, dest, root, sidecar, push)
         if sidecar is not None:  # written from the row: it shows any Baidu submission a refresh waited for
             self.journal.sidecar_refreshed(row.id)
-        log.info("moved %s → %s (no re-upload)", row.last_path, dest)
-        return sidecar is not None
+        resubmitted = " (Baidu re-submission queued)" if push is not None and row.baidu_may_hold else ""
+        log.info("moved %s → %s (no re-upload)%s", row.last_path, dest, resubmitted)
+        return push is not None
+
+    def _push_after_move(self, before: FileRow, moved: FileRow) -> dict[str, object] | None:
+        """The Baidu push a move of a published file calls for, if any.
+
+        A first submission where the new place's rules want one and Baidu holds nothing yet
+        (drafts → public), or a re-submission when the item comes out differently at the new
+        place: the title, source page, tags or copyright follow the file's name and folder,
+        so "IMG_0412.jpg" renamed "harbour at dawn.jpg" is found by its new name. A push not
+        sent yet just takes the new item.
+        """
+        if self.settings.baidu is None:
+            return None
+        try:
+            push, _error = self._push_payload(moved, self.resolver.rules_for(Path(moved.last_path)))
+        except RuleFileError:
+            return None  # the file's sidecar is retried and reported; the push waits for a fix
+        if push is None or not (before.baidu_may_hold or self.journal.push_queued(before.id)):
+            return push
+        try:
+            old_place = replace(before, path=before.last_path)
+            submitted = self._item(old_place, self.resolver.rules_for(Path(before.last_path)))
+        except (RuleFileError, PermanentFileError, ValueError):
+            submitted = None  # what was submitted cannot be rebuilt: submit what holds now
+        return None if submitted == push else push
 
     def retire(self, row: FileRow) -> bool:
         """The original is gone for good: remove its sidecar, keep a tombstone, queue withdrawal.

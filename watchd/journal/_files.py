@@ -6,7 +6,7 @@ import sqlite3
 import time
 from collections.abc import Collection, Iterator
 
-from watchd.journal._outbox import queue_outbox
+from watchd.journal._outbox import queue_outbox, requeue_push
 from watchd.journal._services import count_quota
 from watchd.journal._store import Store
 from watchd.schema import (
@@ -262,9 +262,19 @@ class Files(Store):
         """Files at or below `directory` that failed because a rule file was broken."""
         return [row for row in self.under(directory) if row.state == FAILED and row.error_kind == "rules"]
 
-    def move(self, file_id: int, new_path: str, root: str, sidecar_path: str | None) -> None:
-        """The original was renamed or moved inside the watched folders."""
+    def move(
+        self,
+        file_id: int,
+        new_path: str,
+        root: str,
+        sidecar_path: str | None,
+        push: dict[str, object] | None = None,
+    ) -> None:
+        """The original was renamed or moved inside the watched folders; `push`, the Baidu item
+        the move calls for (see `Pipeline.move`), is queued with it, so a kill cannot lose it."""
         with self._write() as db:
+            if push is not None:
+                requeue_push(db, file_id, push, time.time())
             db.execute(
                 "DELETE FROM files WHERE path = ? AND id != ? AND state = ?", (new_path, file_id, FAILED)
             )

@@ -16,6 +16,18 @@ from watchd.schema import DELETED, FAILED, HELD, QUEUED, REFRESH, SENDING, Outbo
 _PUSH_OF_DELETED = f"action = 'push' AND file_id IN (SELECT id FROM files WHERE state = '{DELETED}')"
 
 
+def requeue_push(db: sqlite3.Connection, file_id: int, payload: dict[str, object], now: float) -> None:
+    """Queue a push of a file with `payload` in `db`'s open transaction. One not sent yet takes
+    the payload in place, keeping its backoff; one on its way is followed by this one."""
+    updated = db.execute(
+        "UPDATE outbox SET payload = ?, updated_at = ? WHERE file_id = ? AND action = 'push' AND state = ?",
+        (json.dumps(payload), now, file_id, QUEUED),
+    ).rowcount
+    if not updated:
+        (baidu_id,) = db.execute("SELECT baidu_id FROM files WHERE id = ?", (file_id,)).fetchone()
+        queue_outbox(db, file_id, "push", baidu_id, payload, now)
+
+
 def queue_outbox(
     db: sqlite3.Connection,
     file_id: int,
@@ -70,18 +82,16 @@ class Outbox(Store):
             for r in rows
         ]
 
-    def queue_push(self, file_id: int, payload: dict[str, object]) -> bool:
-        """Queue a push of a file unless one is already on its way; returns whether it was queued."""
-        with self._write() as db:
-            pending = db.execute(
-                "SELECT 1 FROM outbox WHERE file_id = ? AND action = 'push' AND state IN (?, ?, ?)",
-                (file_id, QUEUED, SENDING, HELD),
-            ).fetchone()
-            row = db.execute("SELECT baidu_id FROM files WHERE id = ?", (file_id,)).fetchone()
-            if pending or row is None:
-                return False
-            queue_outbox(db, file_id, "push", row[0], payload, time.time())
-            return True
+    def push_queued(self, file_id: int) -> bool:
+        """Whether a push of the file waits to be sent or is on its way."""
+        with self._lock:
+            return (
+                self._db.execute(
+                    "SELECT 1 FROM outbox WHERE file_id = ? AND action = 'push' AND state IN (?, ?, ?)",
+                    (file_id, QUEUED, SENDING, HELD),
+                ).fetchone()
+                is not None
+            )
 
     def outbox_depth(self, action: str | None = None) -> int:
         """Items waiting to be sent (of one `action`), or with no `action`, all Baidu work left,
