@@ -488,6 +488,7 @@ def test_a_file_renamed_after_a_kill_left_its_sidecar_to_show_its_push_is_finish
     os.rename(folder / "a.png", folder / "b.png")  # while watchd is not running
     result = run_cli("sync", "-c", str(config))
     assert result.returncode == 0, result.stderr
+    assert "could not update its sidecar" not in result.stderr  # a.png moved, as reconciliation finds
     assert sorted(p.name for p in folder.iterdir()) == ["b.png", "b.png.link.json"]
     assert "baidu" in sidecar_text(folder / "b.png")
     status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)

@@ -314,7 +314,11 @@ class BaiduBatcher:
                 at = self.pipeline.retry.next_attempt_at(item.attempts + 1)
                 retries.append((item.id, str(exc), at))
                 self._next_refresh = min(self._next_refresh, at)
-                log.warning(
+                # No original: renamed or deleted while watchd was stopped, which reconciliation
+                # settles (a move rewrites the sidecar, a deletion drops the refresh), or on a
+                # share that is not mounted, which `status` reports. Nothing to warn about here.
+                log.log(
+                    logging.DEBUG if isinstance(exc, FileNotFoundError) else logging.WARNING,
                     "submitted %s to Baidu but could not update its sidecar: %s; retrying in %.0f s",
                     file.path,
                     exc,
