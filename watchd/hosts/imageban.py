@@ -175,19 +175,25 @@ class ImageBanHost:
                 raise TransientError(meaning, service=self.service, code=str(status), retry_after=retry_after)
             raise cls(self._advised(meaning, str(status)), service=self.service, code=str(status))
         if not isinstance(body, dict):
-            raise TransientError("malformed answer from ImageBan (not a JSON object)", service=self.service)
+            raise self._malformed("not a JSON object")
         data = body.get("data")
         if isinstance(data, list) and data:
             data = data[0]
         if not isinstance(data, dict):
-            raise TransientError("malformed answer from ImageBan (no upload data)", service=self.service)
+            raise self._malformed("no upload data")
         return self._uploaded(data, info)
+
+    def _malformed(self, what: str) -> TransientError:
+        """A success status with a body that says nothing usable (a PHP notice before the JSON,
+        a proxy's page): the image may well be stored, so it is not sent again at once."""
+        message = f"malformed answer from ImageBan ({what})"
+        return TransientError(message, service=self.service, unanswered=True)
 
     def _uploaded(self, data: dict[str, Any], info: ImageInfo) -> Uploaded:
         """`size` and `resolution` fall back to the local file's; id and both links are required."""
         remote_id, link, short_link = (_text(data.get(key)) for key in ("id", "link", "short_link"))
         if not remote_id or not link.startswith("http") or not short_link.startswith("http"):
-            raise TransientError("malformed answer from ImageBan (no id or links)", service=self.service)
+            raise self._malformed("no id or links")
         size_text = _text(data.get("size"))
         size = int(size_text) if size_text.isdigit() else info.size
         match = _RESOLUTION.match(_text(data.get("resolution")))
