@@ -127,6 +127,28 @@ def test_two_images_never_share_a_sidecar_and_a_deletion_keeps_the_others(
     assert (folder / "cat.txt").read_text(encoding="utf-8") == link  # not removed with cat.gif
 
 
+def test_two_files_naming_one_sidecar_at_once_publish_one_and_the_other_retried_is_not_uploaded_again(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """Taken in together, both are uploaded at once; one of them gets cat.txt."""
+    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.txt", "format": "txt"})
+    (folder / "cat.png").write_bytes(png(10, 10))
+    (folder / "cat.gif").write_bytes(gif(11, 11))
+    assert run_cli("sync", "-c", str(config)).returncode == 1
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    (failure,) = status["recent_failures"]
+    loser = Path(failure["path"])
+    winner = folder / ("cat.png" if loser.name == "cat.gif" else "cat.gif")
+    assert f"already the sidecar of {winner.name}" in failure["reason"]
+    links = {u.name: u.link for u in emulator.uploads()}
+    assert (folder / "cat.txt").read_text(encoding="utf-8").strip() == links[winner.name]
+    winner.unlink()  # the way out the failure's reason shows: cat.txt is free now
+    assert run_cli("retry", "-c", str(config), str(loser)).returncode == 0
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert (folder / "cat.txt").read_text(encoding="utf-8").strip() == links[loser.name]
+    assert len(emulator.uploads()) == 2  # the retry wrote its sidecar, it did not upload it again
+
+
 def test_relpath_and_links_are_refused_in_sidecar_names_at_config_time(
     tmp_path: Path, emulator: Emulator
 ) -> None:

@@ -435,7 +435,17 @@ class Pipeline:
         `recorded` is the row as the journal holds it, `upload` a fresh upload it does not hold
         yet. Whatever goes wrong before that transaction, a fresh upload is recorded first, so
         it is never sent again.
+        A sidecar name that leaves out {name} ("{stem}.txt") may be the one of two files
+        (cat.png, cat.jpg): then the check that it is no other's, the write and the record go
+        one file at a time, so the second sees the first's record and fails instead of both
+        writing it. Names with {name} cannot collide, and stay free of the lock.
         """
+        if "name" in template_fields(rules.sidecar_name):
+            return self._write_and_record(recorded, rules, upload)
+        with self.sidecar_lock:
+            return self._write_and_record(recorded, rules, upload)
+
+    def _write_and_record(self, recorded: FileRow, rules: EffectiveRules, upload: UploadResult | None) -> str:
         row = recorded if upload is None else recorded.with_upload(upload)
         try:
             push, push_error = self._push_payload(row, rules)

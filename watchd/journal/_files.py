@@ -369,13 +369,17 @@ def _retry(db: sqlite3.Connection, file_id: int | None) -> int:
     """Failed files (all, or the one `file_id`) back to pending and their failed Baidu items
     back to the queue, in `db`'s open transaction; returns how many.
 
-    A push that failed local validation was never sent and holds no payload: its file goes
-    back to the sidecar step, which builds the push again from the rules as they are now.
+    A file that failed after its upload (its sidecar could not be written) goes back to the
+    sidecar step, never to a second upload: the bytes it holds (`sha256`, unless it changed
+    since, which intake notices) are the ones uploaded. A push that failed local validation
+    was never sent and holds no payload: its file goes back to the sidecar step too, which
+    builds the push again from the rules as they are now.
     """
     file, item, args = ("", "", ()) if file_id is None else (" AND id = ?", " AND file_id = ?", (file_id,))
     n = db.execute(
-        f"UPDATE files SET state = ?, attempts = 0, next_attempt_at = 0 WHERE state = ?{file}",
-        (PENDING, FAILED, *args),
+        "UPDATE files SET state = CASE WHEN link IS NOT NULL AND sha256 = uploaded_sha256 THEN ? ELSE ? END, "
+        f"attempts = 0, next_attempt_at = 0 WHERE state = ?{file}",
+        (UPLOADED, PENDING, FAILED, *args),
     ).rowcount
     n += db.execute(
         "UPDATE files SET state = ?, attempts = 0, next_attempt_at = 0 "
