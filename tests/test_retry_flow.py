@@ -82,3 +82,17 @@ def test_a_huge_retry_after_parks_uploads_for_a_day_at_most(tmp_path: Path, emul
     whens = [pause["until"]] + [failure["next_attempt_at"] for failure in seen["recent_failures"]]
     assert len(whens) == 1 + 3
     assert all(now < datetime.fromisoformat(when).timestamp() <= now + MAX_RETRY_AFTER for when in whens)
+
+
+def test_files_that_waited_behind_a_wrong_key_all_go_once_the_key_is_corrected(tmp_path: Path) -> None:
+    """The first uploads meet "invalid secret key" and pause the host; the rest wait behind
+    that pause without a call of their own. A corrected config must release them all."""
+    with Emulator(secret_keys=("sk-right",)) as emulator:
+        config, folder = make_config(tmp_path, emulator)
+        for n in range(8):
+            (folder / f"p{n}.png").write_bytes(png(10 + n, 10))
+        wrong = run_cli("sync", "-c", str(config), env={"TEST_SECRET_KEY": "sk-wrong"})
+        assert wrong.returncode == 1 and "invalid secret key" in wrong.stderr
+        fixed = run_cli("sync", "-c", str(config), env={"TEST_SECRET_KEY": "sk-right"})
+        assert fixed.returncode == 0, fixed.stderr
+        assert sorted(u.name for u in emulator.uploads()) == [f"p{n}.png" for n in range(8)]

@@ -417,10 +417,10 @@ class Pipeline:
             return True
 
     def _defer_while_paused(self, row: FileRow, service: str) -> str:
-        """Wait out the service's pause. Files that wait for an outage to end say so: a new
-        configuration (a corrected `api_url`, say) lifts that pause and lets them go at once."""
-        outage = any(p.name == service and p.kind == "outage" for p in self.journal.pauses())
-        kind = "outage" if outage else "paused"
+        """Wait out the service's pause. Files carry the pause's kind: a new configuration (a
+        corrected key or `api_url`) lifts a configuration or outage pause and lets the files
+        that waited for it go at once; those waiting for a quota reset wait on."""
+        kind = next((p.kind for p in self.journal.pauses() if p.name == service), "paused")
         return self._defer(row, j.PENDING, kind, f"{service} is paused", self._pause_end(service))
 
     def _defer(
