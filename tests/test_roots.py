@@ -172,6 +172,30 @@ def test_a_directory_and_a_file_unreadable_at_start_are_taken_in_once_their_perm
             daemon.stop()
 
 
+def test_a_file_whose_permissions_are_fixed_between_two_syncs_is_taken_in_by_the_second(
+    nobodys_dir: Path, emulator: Emulator
+) -> None:
+    """A chmod changes neither size nor mtime, so reconciliation looks at such files again."""
+    folder, _state, config = _watched(nobodys_dir, emulator)
+    (folder / "noread.png").write_bytes(png(11, 11))
+    (folder / "still.png").write_bytes(png(12, 12))
+    for path in (nobodys_dir, *nobodys_dir.rglob("*")):
+        os.chown(path, NOBODY, NOBODY)
+    (folder / "noread.png").chmod(0o000)
+    (folder / "still.png").chmod(0o000)
+    assert SETPRIV is not None
+    sync = [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable]
+    sync += ["-m", "watchd", "sync", "-c", str(config)]
+    env = {**os.environ, "HOME": str(nobodys_dir)}
+    first = subprocess.run(sync, capture_output=True, text=True, env=env, check=False)
+    assert first.returncode == 1 and "sync: 0 published, 2 failed" in first.stderr, first.stderr
+    (folder / "noread.png").chmod(0o644)
+    second = subprocess.run(sync, capture_output=True, text=True, env=env, check=False)
+    assert second.returncode == 0 and "sync: 1 published, 0 failed" in second.stderr, second.stderr
+    assert sidecar_of(folder / "noread.png").exists() and not sidecar_of(folder / "still.png").exists()
+    assert [u.name for u in emulator.uploads()] == ["noread.png"]
+
+
 def test_renewing_the_watches_for_one_folder_reconciles_the_others(
     tmp_path: Path, emulator: Emulator
 ) -> None:

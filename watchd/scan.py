@@ -88,6 +88,7 @@ def reconcile(
     reported "unreadable", after the files.
     """
     stale = journal.stale_sidecars(str(root))  # one query; empty but for refreshes failed or under way
+    unreadable_files = journal.unreadable_under(str(root))  # as rare
     unreadable: set[str] = set()
     skipped: list[str] = []
     disk = walk_sorted(str(root), recursive, wanted, unreadable, skipped)
@@ -106,7 +107,8 @@ def reconcile(
                 yield Difference("missing", row[0])
             row = next(rows, None)
         else:
-            if (file[1], file[2]) != (row[1], row[2]):
+            fixed_by_a_chmod = row[0] in unreadable_files and os.access(row[0], os.R_OK)
+            if (file[1], file[2]) != (row[1], row[2]) or fixed_by_a_chmod:
                 yield Difference("changed", file[0])
             elif row[3] == DONE and (row[0] in stale or (row[4] and not os.path.exists(row[4]))):
                 yield Difference("sidecar", file[0])

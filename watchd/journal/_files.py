@@ -79,6 +79,17 @@ class Files(Store):
                 return
             last = rows[-1][0]
 
+    def unreadable_under(self, directory: str) -> set[str]:
+        """Paths at or below `directory` of files that failed as unreadable (a chmod, which
+        changes neither size nor mtime, may have fixed them)."""
+        prefix = directory.rstrip("/") + "/"
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path FROM files WHERE state = ? AND error_kind = ? AND path >= ? AND path < ?",
+                (FAILED, "unreadable", prefix, prefix[:-1] + "0"),
+            ).fetchall()
+        return {row[0] for row in rows}
+
     def due_uploads(self, now: float, limit: int, exclude: set[int]) -> list[FileRow]:
         """Rows whose upload or sidecar step is due now, oldest first, except those in `exclude`
         (files already handed to a worker) and vanished ones (they wait to be paired as a move
