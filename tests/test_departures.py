@@ -240,3 +240,21 @@ def test_held_deletions_are_to_be_confirmed_with_the_config_named(tmp_path: Path
     assert f"run `watchd confirm-deletes -c {config}`; otherwise restore the files" in logged
     status = " ".join(run_cli("status", "-c", str(config)).stdout.split())  # as wrapped to any width
     assert f"run `watchd confirm-deletes -c {config}` if they are intended" in status
+
+
+def test_an_image_replaced_by_a_directory_of_its_name_is_withdrawn(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    folder = tmp_path / "w"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    (folder / "cat.png").write_bytes(png(10, 10))
+    (folder / "dog.png").write_bytes(png(11, 11))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert len(emulator.baidu_index()) == 2
+    (folder / "cat.png").unlink()
+    (folder / "cat.png").mkdir()  # a directory now has the name: the image is still gone
+    result = run_cli("sync", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert len(emulator.baidu_index()) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["cat.png", "dog.png", "dog.png.link.json"]

@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from watchd.guard import DeleteGuard
 from watchd.journal import Journal
+from watchd.scan import is_regular_file
 from watchd.schema import FileRow
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class Departures:
         rows = self._journal.missing(older_than=now if force else now - self.grace)
         available = {root: self._available(root) for root in {row.root for row in rows}}
         for row in rows:
-            if row.path is not None and os.path.lexists(row.path):
+            if row.path is not None and is_regular_file(row.path):
                 self._journal.mark_missing(row.id, None)
             elif row.id not in in_flight and available[row.root]:
                 (confirmed if row.delete_held == CONFIRMED else fresh).append(row)

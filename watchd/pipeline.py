@@ -44,6 +44,7 @@ from watchd.journal import FileRow, Journal, UploadResult
 from watchd.quota import QuotaGate
 from watchd.retry import RetryPolicy
 from watchd.rules import RULE_FILE_NAME, EffectiveRules, RuleFileError, RuleResolver
+from watchd.scan import is_regular_file
 from watchd.sidecar import (
     TEMP_MARKER,
     SidecarRecord,
@@ -282,7 +283,7 @@ class Pipeline:
             return self._finish(row, rules, upload)
         if row.state != j.UPLOADED:
             return "gone"
-        if not os.path.lexists(row.path):  # no sidecar next to nothing (an unmounted share?)
+        if not is_regular_file(row.path):  # no sidecar next to nothing (an unmounted share?)
             return self._vanished(row)
         return self._finish(row, rules)
 

@@ -31,6 +31,15 @@ class Difference:
     path: str
 
 
+def is_regular_file(path: str) -> bool:
+    """Whether an image can be at `path`: a regular file, not followed if a symlink. What else
+    took a vanished image's place (a directory of its name, a link) does not bring it back."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def walk_sorted(
     root: str, recursive: bool, wanted: Callable[[str], bool], unreadable: set[str], skipped: list[str]
 ) -> Iterator[tuple[str, int, int]]:
