@@ -277,6 +277,23 @@ def test_the_last_units_of_a_days_baidu_quota_are_used_and_the_rest_waits_for_th
     assert [len(c.items) for c in pushes(emulator)] == [10, 5]
 
 
+def test_raising_a_used_up_baidu_daily_quota_sends_what_waited_for_it(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    public = tmp_path / "public"
+    public.mkdir()
+    config = write_config(
+        tmp_path / "config.yaml", emulator, [{"path": public}], state_dir=tmp_path / "state", baidu_quota=10
+    )
+    for n in range(15):
+        (public / f"q{n:02d}.png").write_bytes(png(n + 1, 6))
+    assert run_cli("sync", "-c", str(config)).returncode == 1  # 5 left for tomorrow
+    config.write_text(config.read_text().replace("daily_quota: 10", "daily_quota: 100"), encoding="utf-8")
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert [len(c.items) for c in pushes(emulator)] == [10, 5]
+    assert len(emulator.baidu_index()) == 15
+
+
 @pytest.fixture
 def drained(tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     """One Baidu folder, and a batcher that sends only when a sync drains it at its end, so a

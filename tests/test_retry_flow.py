@@ -96,3 +96,16 @@ def test_files_that_waited_behind_a_wrong_key_all_go_once_the_key_is_corrected(t
         fixed = run_cli("sync", "-c", str(config), env={"TEST_SECRET_KEY": "sk-right"})
         assert fixed.returncode == 0, fixed.stderr
         assert sorted(u.name for u in emulator.uploads()) == [f"p{n}.png" for n in range(8)]
+
+
+def test_raising_a_used_up_daily_quota_sends_what_waited_for_it(tmp_path: Path, emulator: Emulator) -> None:
+    config, folder = make_config(tmp_path, emulator, "    daily_quota: 2\n")
+    for n in range(3):
+        (folder / f"p{n}.png").write_bytes(png(10 + n, 10))
+    first = run_cli("sync", "-c", str(config))
+    assert first.returncode == 1 and "1 still queued" in first.stderr
+    assert status(config)["paused"]["imageban:me"]["kind"] == "daily_quota"
+    config.write_text(config.read_text().replace("daily_quota: 2", "daily_quota: 10"), encoding="utf-8")
+    second = run_cli("sync", "-c", str(config))
+    assert second.returncode == 0, second.stderr
+    assert len(emulator.uploads()) == 3 and status(config)["paused"] == {}

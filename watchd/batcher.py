@@ -41,7 +41,7 @@ from watchd.indexers.base import Indexer, ItemResult, PushItem
 from watchd.journal import DONE, FileRow, Journal, OutboxRow
 from watchd.pipeline import Pipeline, utc_now
 from watchd.quota import QuotaGate
-from watchd.schema import REFRESH
+from watchd.schema import DAILY_QUOTA, REFRESH
 from watchd.sidecar import SHOWS_BAIDU
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,8 @@ class BaiduBatcher:
         ids = [row.id for row in rows]
         quota = self.quota.reserve(len(rows)) if action == "push" else None
         if action == "push" and quota is None:
-            self._pause_for_quota(ids, f"daily Baidu quota of {self.quota.limit} images used up")
+            reason = f"daily Baidu quota of {self.quota.limit} images used up (daily_quota in the config)"
+            self._pause_for_quota(ids, reason, DAILY_QUOTA)
             return
         ids, modifies = self.journal.mark_sending(ids, quota)
         if len(ids) < len(rows):  # cancelled since they were picked (a push of a deleted file)
@@ -340,9 +341,9 @@ class BaiduBatcher:
         if rules.sidecar_format in SHOWS_BAIDU:
             self.pipeline.write_sidecar(file, rules)
 
-    def _pause_for_quota(self, ids: list[int], reason: str) -> None:
+    def _pause_for_quota(self, ids: list[int], reason: str, kind: str = "quota") -> None:
         reset = self.quota.reset_at()
-        self.journal.pause(SERVICE, "quota", reset, reason)
+        self.journal.pause(SERVICE, kind, reset, reason)
         self.journal.outbox_retry(ids, reason, reset)
         log.error(
             "Baidu paused until %s: %s (queue kept)",

@@ -42,6 +42,7 @@ from watchd.pipeline import Intake, Pipeline, candidate_name
 from watchd.quota import QuotaGate
 from watchd.rules import RULE_FILE_NAME
 from watchd.scan import printable, reconcile, recordable
+from watchd.schema import DAILY_QUOTA
 from watchd.settling import Settler
 from watchd.systemd import Notifier, WatchdogPinger
 from watchd.upkeep import FolderUpkeep
@@ -323,24 +324,36 @@ class Engine:
 
     def _gauges(self) -> GaugeValues:
         """The journal's view, read at scrape time (the metrics thread; the journal locks)."""
-        services = [*self.pipeline.quotas.values()]
+        return journal_gauges(self.journal, self._quota_gates())
+
+    def _quota_gates(self) -> list[QuotaGate]:
+        """Every service's quota gate: the hosts', and Baidu's if it is configured."""
+        gates = [*self.pipeline.quotas.values()]
         if self.batcher is not None:
-            services.append(self.batcher.quota)
-        return journal_gauges(self.journal, services)
+            gates.append(self.batcher.quota)
+        return gates
 
     def _lift_pauses_a_new_configuration_may_fix(self) -> None:
         """A new configuration (a start or a reload) deserves a new try, also of a service that
         looked down (it may have been a wrong `api_url`), with the files that failed one by one
-        before it was taken to be down; quota pauses stay."""
-        outage = False
+        before it was taken to be down, and of one whose `daily_quota` was raised above what
+        it used today. A quota the service itself said was used up stays paused."""
+        gates = {gate.service: gate for gate in self._quota_gates()}
+        outage = raised = False
         for pause in self.journal.pauses():
-            if pause.kind in ("configuration", "outage"):
+            gate = gates.get(pause.name)
+            if pause.kind == DAILY_QUOTA and gate is not None and gate.room() != 0:
+                self.journal.resume(pause.name)
+                raised = True
+            elif pause.kind in ("configuration", "outage"):
                 self.journal.resume(pause.name)
                 outage = outage or pause.kind == "outage"
         self.journal.release_deferred("configuration")
         self.journal.release_deferred("outage")
         if outage:
             self.journal.release_deferred("transient")
+        if raised:
+            self.journal.release_deferred(DAILY_QUOTA)
 
     def stop(self) -> None:
         """Ask the loop to stop (thread-safe; used by signal handlers and tests). Heard at the

@@ -45,6 +45,7 @@ from watchd.quota import QuotaGate
 from watchd.retry import RetryPolicy
 from watchd.rules import RULE_FILE_NAME, EffectiveRules, RuleFileError, RuleResolver
 from watchd.scan import is_regular_file
+from watchd.schema import DAILY_QUOTA
 from watchd.sidecar import (
     TEMP_MARKER,
     SidecarRecord,
@@ -326,9 +327,9 @@ class Pipeline:
             if not quota.wait_for_room():
                 break
         reason = f"daily quota of {quota.limit} uploads used up; resumes at {_clock_time(quota.reset_at())}"
-        if self._pause_once(service, "quota", quota.reset_at(), reason):
+        if self._pause_once(service, DAILY_QUOTA, quota.reset_at(), reason):
             log.warning("%s: %s (daily_quota in the config); uploads stay queued", service, reason)
-        return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
+        return self._defer(row, j.PENDING, DAILY_QUOTA, reason, quota.reset_at())
 
     def _claim_and_send(
         self, row: FileRow, rules: EffectiveRules, loaded: LoadedImage, reservation: tuple[str, str]

@@ -100,6 +100,10 @@ FAILED = "failed"
 DELETED = "deleted"
 STATES = (PENDING, UPLOADING, UPLOADED, DONE, FAILED, DELETED)
 
+# The kind of a pause (and of the work it defers) for a configured `daily_quota` used up, as
+# opposed to "quota", the service's own answer: raising the setting lifts the first alone.
+DAILY_QUOTA = "daily_quota"
+
 # Outbox states.
 QUEUED = "queued"
 SENDING = "sending"
@@ -240,8 +244,9 @@ class OutboxRow:
 
 @dataclass(frozen=True)
 class ServicePause:
-    """A paused service: `kind` is "quota" (until `until`, the daily reset), "outage" (until
-    `until`, a backoff) or "configuration" (until a reload)."""
+    """A paused service: `kind` is "quota" or "daily_quota" (until `until`, the daily reset: the
+    service said so, or the config's limit was reached), "outage" (until `until`, a backoff)
+    or "configuration" (until a reload)."""
 
     name: str
     kind: str

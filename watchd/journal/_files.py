@@ -10,6 +10,7 @@ from watchd.journal._outbox import queue_outbox, requeue_push
 from watchd.journal._services import count_quota
 from watchd.journal._store import Store
 from watchd.schema import (
+    DAILY_QUOTA,
     DELETED,
     DONE,
     FAILED,
@@ -348,7 +349,8 @@ class Files(Store):
 
         Files carry the kind they were deferred for; Baidu items do not. A Baidu outage shows
         in the outbox only as items waiting out a backoff (a failed call defers its batch, a
-        paused batcher defers nothing), so for "outage" every queued item is released too.
+        paused batcher defers nothing), so for "outage" every queued item is released too, as
+        for "daily_quota" (a raised limit), whose pause deferred Baidu items to the reset.
         One deferred to a quota reset is then still held by the quota pause, which a new
         configuration does not lift. Failed items wait for `watchd retry`, and sidecar
         refreshes (a local write that failed, which no configuration fixes) keep their backoff.
@@ -358,7 +360,7 @@ class Files(Store):
                 "UPDATE files SET next_attempt_at = 0 WHERE state IN (?, ?) AND error_kind = ?",
                 (PENDING, UPLOADED, kind),
             ).rowcount
-            if kind == "outage":
+            if kind in ("outage", DAILY_QUOTA):
                 n += db.execute(
                     "UPDATE outbox SET next_attempt_at = 0 WHERE state = ? AND next_attempt_at > 0", (QUEUED,)
                 ).rowcount
