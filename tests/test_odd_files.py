@@ -93,15 +93,15 @@ def test_a_file_deleted_while_queued_ends_the_sync_instead_of_spinning(
 def test_a_sidecar_name_that_cannot_be_made_fails_the_file_not_the_daemon(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
-    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.{ext}", "format": "txt"})
+    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}", "format": "txt"})
     daemon = start_daemon(config)
-    (folder / "cat.png").write_bytes(png(10, 10))  # its sidecar would be named cat.png: refused
+    (folder / "cat.png.png").write_bytes(png(10, 10))  # its sidecar would be named cat.png: refused
     status = lambda: json.loads(run_cli("status", "-c", str(config), "--json").stdout)  # noqa: E731
     failure = wait_for(lambda: next(iter(status()["recent_failures"]), None))
-    assert failure["state"] == "failed" and "produces the original's own name" in failure["reason"]
+    assert failure["state"] == "failed" and "names an image (cat.png)" in failure["reason"]
     (folder / "more").mkdir()
     (folder / "more" / "cow.png").write_bytes(png(12, 12))
-    os.rename(folder / "cat.png", folder / "more" / "cat.png")  # a move must not kill it either
+    os.rename(folder / "cat.png.png", folder / "more" / "cat.png.png")  # a move must not kill it either
     time.sleep(1.0)
     assert daemon.alive()
     assert daemon.stop() == 0
@@ -220,8 +220,8 @@ def test_an_internal_errors_reason_is_redacted_and_never_a_repr(
 
 
 def test_a_sidecar_name_can_never_overwrite_an_image(tmp_path: Path, emulator: Emulator) -> None:
-    for template in ("{stem}.jpg", "{stem}.PNG", "{id}.webp"):
-        _folder, config = _folder_and_config(tmp_path / template[-3:], emulator, sidecar={"name": template})
+    for n, template in enumerate(("{stem}.jpg", "{stem}.PNG", "{id}.webp", "{name}", "old_{stem}.{ext}")):
+        _folder, config = _folder_and_config(tmp_path / str(n), emulator, sidecar={"name": template})
         result = run_cli("check", "-c", str(config))
         assert result.returncode != 0 and "must not end in an image suffix" in result.stdout + result.stderr
     bare_stem = {"name": "{stem}", "format": "txt"}

@@ -72,8 +72,13 @@ def _sidecar_name(value: str) -> str:
         raise ValueError(
             f"cannot use {{{with_slashes[0]}}}: it holds '/', and a sidecar name must be a plain file name"
         )
-    if os.path.splitext(value)[1].lower() in IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES:
-        raise ValueError("must not end in an image suffix: a sidecar must never replace an image")
+    # As rendered for cat.png: "{name}" and "{stem}.{ext}" end in the image's own suffix.
+    example = templates.render(value, {**templates.file_context(Path("cat.png"), Path()), "id": "Ab12"})
+    if os.path.splitext(example)[1].lower() in IMAGE_SUFFIXES | UNSUPPORTED_SUFFIXES:
+        raise ValueError(
+            f"must not end in an image suffix (cat.png's sidecar would be {example}): "
+            "a sidecar must never replace an image; add one, e.g. {name}.link.json"
+        )
     if not set(used) & {"name", "stem", "id"}:
         raise ValueError("must contain {name} or {stem} so that every image gets its own sidecar")
     return value
