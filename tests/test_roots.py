@@ -189,6 +189,7 @@ def test_a_file_whose_permissions_are_fixed_between_two_syncs_is_taken_in_by_the
     env = {**os.environ, "HOME": str(nobodys_dir)}
     first = subprocess.run(sync, capture_output=True, text=True, env=env, check=False)
     assert first.returncode == 1 and "sync: 0 published, 2 failed" in first.stderr, first.stderr
+    assert f"run `watchd retry {folder / 'still.png'} -c {config}`" in first.stderr  # as it can be pasted
     (folder / "noread.png").chmod(0o644)
     second = subprocess.run(sync, capture_output=True, text=True, env=env, check=False)
     assert second.returncode == 0 and "sync: 1 published, 0 failed" in second.stderr, second.stderr

@@ -13,6 +13,7 @@ import enum
 import errno
 import logging
 import os
+import shlex
 import stat
 import threading
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from watchd import journal as j
 from watchd.config import FolderSettings, Settings
+from watchd.departures import watchd_command
 from watchd.errors import (
     ConfigurationError,
     PermanentFileError,
@@ -184,19 +186,14 @@ class Pipeline:
             return Intake.IGNORED  # deleted meanwhile: that is a fact of its own
         except PermanentFileError as exc:
             if isinstance(exc.__cause__, PermissionError):  # its chmod is a `Changed`: taken in again
-                again = f"; it is taken in again once they are fixed (or run `watchd retry {path}`)"
+                retry = watchd_command(f"retry {shlex.quote(path)}", self.settings.config_path)
+                again = f"; it is taken in again once they are fixed (or run `{retry}`)"
                 return self._reject(path, root, info, exc.message + again, kind="unreadable")
             return self._reject(path, root, info, exc.message)
         if not image.complete:
             if not settled:
                 return Intake.WAIT
-            return self._reject(
-                path,
-                root,
-                info,
-                f"truncated {image.kind.upper()}: the file ends before the image does "
-                "(an interrupted copy?); copy it again",
-            )
+            return self._reject(path, root, info, truncated(image.kind))
         try:
             return self._queue(path, root, row, info, busy)
         except FileNotFoundError:
@@ -298,9 +295,7 @@ class Pipeline:
         try:
             loaded = load_image(path)
             if not loaded.info.complete:
-                raise PermanentFileError(
-                    f"truncated {loaded.info.kind.upper()}: the file ends before the image does"
-                )
+                raise PermanentFileError(truncated(loaded.info.kind))
         except FileNotFoundError:
             return self._vanished(row)
         except PermanentFileError as exc:
@@ -728,6 +723,13 @@ class Pipeline:
     def _pause_end(self, service: str) -> float:
         until = self.paused_until(service) or 0.0
         return until if until != float("inf") else self.clock() + CONFIG_PAUSE_RECHECK
+
+
+def truncated(kind: str) -> str:
+    """Why a file that ends before its image does is not published, and what to do."""
+    return (
+        f"truncated {kind.upper()}: the file ends before the image does (an interrupted copy?); copy it again"
+    )
 
 
 def _clock_time(when: float) -> str:
