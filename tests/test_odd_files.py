@@ -149,6 +149,38 @@ def test_two_files_naming_one_sidecar_at_once_publish_one_and_the_other_retried_
     assert len(emulator.uploads()) == 2  # the retry wrote its sidecar, it did not upload it again
 
 
+def test_a_name_too_long_for_its_sidecar_is_refused_before_its_upload_and_a_rename_publishes_it(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    folder, config = _folder_and_config(tmp_path, emulator)
+    long = folder / ("L" * 251 + ".png")  # 255 bytes: its .link.json sidecar could not be named
+    long.write_bytes(png(10, 10))
+    assert run_cli("sync", "-c", str(config)).returncode == 1
+    (failure,) = json.loads(run_cli("status", "-c", str(config), "--json").stdout)["recent_failures"]
+    assert "sidecar's name would be over 255 bytes" in failure["reason"]
+    assert emulator.uploads() == []  # found before the upload, which could not have been used
+    os.rename(long, folder / "short.png")
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert sidecar_of(folder / "short.png").exists() and len(emulator.uploads()) == 1
+
+
+def test_a_file_that_failed_after_its_upload_is_published_by_a_rename_without_a_second_upload(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.txt", "format": "txt"})
+    (folder / "cat.png").write_bytes(png(10, 10))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    daemon = start_daemon(config)
+    (folder / "cat.gif").write_bytes(gif(11, 11))  # uploaded, then failed: cat.txt is cat.png's
+    status = lambda: json.loads(run_cli("status", "-c", str(config), "--json").stdout)  # noqa: E731
+    wait_for(lambda: status()["recent_failures"])
+    os.rename(folder / "cat.gif", folder / "kitten.gif")
+    wait_for(lambda: (folder / "kitten.txt").exists())
+    assert (folder / "kitten.txt").read_text(encoding="utf-8").strip() == emulator.uploads()[1].link
+    assert len(emulator.uploads()) == 2 and status()["recent_failures"] == []
+    assert daemon.stop() == 0
+
+
 def test_relpath_and_links_are_refused_in_sidecar_names_at_config_time(
     tmp_path: Path, emulator: Emulator
 ) -> None:
@@ -257,7 +289,7 @@ def test_a_firefox_download_is_published_without_reporting_its_empty_placeholder
     assert daemon.stop() == 0
 
 
-def test_a_long_name_gets_its_sidecar_and_one_too_long_for_a_sidecar_fails_once_uploaded(
+def test_a_long_name_gets_its_sidecar_and_one_too_long_for_a_sidecar_fails_unsent(
     tmp_path: Path, emulator: Emulator
 ) -> None:
     folder, config = _folder_and_config(tmp_path, emulator)
@@ -267,10 +299,10 @@ def test_a_long_name_gets_its_sidecar_and_one_too_long_for_a_sidecar_fails_once_
     too_long.write_bytes(png(4, 4))
     now = [time.time()]
     assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 1
-    assert sidecar_of(fits).exists() and len(emulator.uploads()) == 2
+    assert sidecar_of(fits).exists() and len(emulator.uploads()) == 1
     status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
     (failure,) = status["recent_failures"]
     assert "longer than a file name may be: shorten the file's name" in failure["reason"]
-    now[0] += 3600  # failed for good, not retried later (and never uploaded again)
+    now[0] += 3600  # failed for good, not retried later (and never uploaded)
     assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 0
-    assert len(emulator.uploads()) == 2
+    assert len(emulator.uploads()) == 1

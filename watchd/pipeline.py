@@ -85,6 +85,9 @@ def candidate_name(name: str) -> bool:
     return suffix in IMAGE_SUFFIXES or suffix in UNSUPPORTED_SUFFIXES
 
 
+NAME_MAX = 255  # bytes in a file name on Linux's file systems
+
+
 def _publishable(path: str, root: Path) -> bool:
     """An image name with no hidden directory between `root` and it (`.Trash-1000/`, `.git/`,
     a sync tool's `.stfolder`), so that moving a file into one counts as moving it out."""
@@ -292,6 +295,11 @@ class Pipeline:
         service = f"imageban:{rules.host}"
         if self.paused_until(service) is not None:  # checked again in _send; this spares the read
             return self._defer_while_paused(row, service)
+        if "id" not in template_fields(rules.sidecar_name):  # its sidecar's name is known already
+            try:
+                self._sidecar_target(row, rules)
+            except (OSError, ValueError) as exc:  # found before an upload that could not be used
+                return self._unpublishable(row, None, _no_sidecar(exc))
         try:
             loaded = load_image(path)
             if not loaded.info.complete:
@@ -449,12 +457,7 @@ class Pipeline:
             sidecar = self.write_sidecar(row, rules)
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
-                return self._unpublishable(
-                    row,
-                    upload,
-                    "its sidecar's name would be over 255 bytes, longer than a file name may be: "
-                    "shorten the file's name, or sidecar.name in the rules",
-                )
+                return self._unpublishable(row, upload, _no_sidecar(exc))
             reason = (
                 f"cannot write the sidecar next to {row.path}: {exc.strerror}; "
                 "free disk space or make the folder writable (retrying)"
@@ -466,7 +469,7 @@ class Pipeline:
             self.journal.record_retry(row.id, j.UPLOADED, "disk", reason, retry_at)
             return "retry"
         except ValueError as exc:  # the sidecar name template cannot name this file's sidecar
-            return self._unpublishable(row, upload, f"{exc}: change sidecar.name in the rules")
+            return self._unpublishable(row, upload, _no_sidecar(exc))
         except BaseException:
             if upload is not None:
                 self.journal.record_uploaded(row.id, upload)
@@ -490,6 +493,20 @@ class Pipeline:
         self.journal.record_failed(row.id, "permanent", reason)
         return "failed"
 
+    def _sidecar_target(self, row: FileRow, rules: EffectiveRules) -> Path:
+        """Where the sidecar of `row` goes; ValueError if its name cannot be one (see
+        `sidecar_path`, or it names an image), OSError(ENAMETOOLONG) if it is too long."""
+        assert row.path is not None
+        target = sidecar_path(Path(row.path), rules.sidecar_name, self._context(row))
+        if candidate_name(target.name):  # e.g. "{stem}": cat.png.png's sidecar would be cat.png
+            raise ValueError(
+                f"sidecar name template {rules.sidecar_name!r} names an image ({target.name}), "
+                "and originals are never overwritten"
+            )
+        if len(os.fsencode(target.name)) > NAME_MAX:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), target.name)
+        return target
+
     def write_sidecar(self, row: FileRow, rules: EffectiveRules | None = None) -> Path:
         """(Re)write the sidecar of an uploaded file from its journal row; returns its path."""
         assert row.path is not None
@@ -497,13 +514,7 @@ class Pipeline:
         rules = rules or self.resolver.rules_for(path)
         uploaded = row.uploaded()
         assert uploaded is not None and row.host is not None
-        context = self._context(row)
-        target = sidecar_path(path, rules.sidecar_name, context)
-        if candidate_name(target.name):  # e.g. "{stem}.jpg": cat.png's sidecar would be cat.jpg
-            raise ValueError(
-                f"sidecar name template {rules.sidecar_name!r} names an image ({target.name}), "
-                "and originals are never overwritten"
-            )
+        target = self._sidecar_target(row, rules)
         if str(target) != row.sidecar_path and os.path.lexists(target):  # e.g. "{stem}.txt"
             owner = self.journal.sidecar_owner(str(target), row.id)
             if owner is not None:
@@ -616,6 +627,10 @@ class Pipeline:
         self.journal.move(row.id, dest, root, sidecar, push)
         if sidecar is not None:  # written from the row: it shows any Baidu submission a refresh waited for
             self.journal.sidecar_refreshed(row.id)
+        elif row.state == j.FAILED and row.uploaded() is not None and row.sha256 == row.uploaded_sha256:
+            # It failed after its upload for want of a sidecar its old name could not have
+            # (too long, another file's): the new name gets its try, without a second upload.
+            self.journal.requeue_sidecar(row.id, row.size, row.mtime_ns)
         resubmitted = " (Baidu re-submission queued)" if push is not None and row.baidu_may_hold else ""
         log.info("moved %s → %s (no re-upload)%s", row.last_path, dest, resubmitted)
         return push is not None
@@ -723,6 +738,16 @@ class Pipeline:
     def _pause_end(self, service: str) -> float:
         until = self.paused_until(service) or 0.0
         return until if until != float("inf") else self.clock() + CONFIG_PAUSE_RECHECK
+
+
+def _no_sidecar(exc: OSError | ValueError) -> str:
+    """Why no sidecar can be written for a file as it is named, and what to do."""
+    if isinstance(exc, OSError):
+        return (
+            f"its sidecar's name would be over {NAME_MAX} bytes, longer than a file name may be: "
+            "shorten the file's name, or sidecar.name in the rules"
+        )
+    return f"{exc}: change sidecar.name in the rules"
 
 
 def truncated(kind: str) -> str:
