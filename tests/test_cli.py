@@ -358,6 +358,20 @@ def test_status_shows_paths_with_brackets_as_they_are(tmp_path: Path, emulator: 
     assert "[final] shots" in result.stdout and "[holiday] beach.png" in result.stdout, result.stdout
 
 
+def test_control_characters_in_a_file_name_reach_neither_the_log_nor_the_status_table(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """Whoever can drop a file in a watched folder must not drive the admin's terminal."""
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    (folder / "esc\x1b[31mred\x1b[0m\nline.png").write_bytes(b"not an image at all")
+    synced = run_cli("sync", "-c", str(config))
+    table = run_cli("status", "-c", str(config), env={"COLUMNS": "400"}).stdout
+    for output in (synced.stderr, table):
+        assert "\x1b" not in output and "esc\\x1b[31mred\\x1b[0m\\nline.png" in output, output
+
+
 def test_commands_that_only_read_the_journal_need_no_secrets(
     tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

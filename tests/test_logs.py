@@ -283,3 +283,10 @@ def test_add_secrets_extends_redaction_at_reload(stderr_file: Setup) -> None:
     log.info("first-secret second-secret")
     (line,) = read()
     assert line.endswith("watchd.test: *** ***")
+
+
+def test_control_characters_are_escaped_not_written(stderr_file: Setup) -> None:
+    read = stderr_file()
+    log.warning("not an image: %s", "/w/esc\x1b[31mred\x07\x9b.png\tok")
+    (line,) = read()
+    assert line.endswith("not an image: /w/esc\\x1b[31mred\\x07\\x9b.png\tok")

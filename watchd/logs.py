@@ -110,7 +110,7 @@ class _TextFormatter(logging.Formatter):
         self.colour = colour
 
     def format(self, record: logging.LogRecord) -> str:
-        text = _one_line(_body(record))
+        text = one_line(_body(record))
         if self.layout == "journal":
             return f"<{_priority(record.levelno)}>{text}"
         if self.layout == "plain":
@@ -234,9 +234,15 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {key: value for key, value in vars(record).items() if key not in _RECORD_ATTRIBUTES}
 
 
-def _one_line(text: str) -> str:
-    """Keep one event on one line: journald splits entries at newlines."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def one_line(text: str) -> str:
+    """`text` on one line with no control characters. A file name may hold any of them but
+    "/" and NUL: a newline would split a journald entry, an escape sequence would drive the
+    terminal of whoever reads the log or `status`. Newlines become `\\n`, the rest `\\x1b`."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n")
+    return _CONTROL.sub(lambda match: f"\\x{ord(match[0]):02x}", text)
 
 
 def _priority(levelno: int) -> int:

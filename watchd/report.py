@@ -16,6 +16,7 @@ from watchd.batcher import SERVICE as BAIDU
 from watchd.config import Settings
 from watchd.departures import FolderAvailability, watchd_command
 from watchd.journal import Journal
+from watchd.logs import one_line
 from watchd.quota import day_key, next_reset
 
 SCHEMA_VERSION = 1
@@ -120,6 +121,11 @@ def build_status(settings: Settings, journal: Journal, now: float | None = None)
     }
 
 
+def _plain(text: str) -> Text:
+    """A file name or reason as a cell: not markup, one line, no control characters."""
+    return Text(one_line(text))
+
+
 def render_status(status: dict[str, Any], console: Console, config: Path | None) -> None:
     """The same data as a few tables for people; `config` is named in the commands suggested."""
     folders = Table(title="Folders", title_justify="left")
@@ -127,13 +133,13 @@ def render_status(status: dict[str, Any], console: Console, config: Path | None)
         folders.add_column(column, justify="left" if column in ("folder", "available") else "right")
     for folder in status["folders"]:
         folders.add_row(
-            Text(folder["path"]),  # plain text: a path like "[final] shots" is not markup
+            _plain(folder["path"]),  # a path like "[final] shots" is not markup
             "yes" if folder["available"] else "[red]NO[/red]",
             *_counts(folder["files"], folder["baidu_failed"]),
         )
     for folder in status["unwatched"]:
         folders.add_row(
-            Text(folder["path"]),
+            _plain(folder["path"]),
             "not watched",
             *_counts(folder["files"], folder["baidu_failed"]),
             style="dim",
@@ -182,15 +188,17 @@ def render_status(status: dict[str, Any], console: Console, config: Path | None)
         failures.add_column("state")
         failures.add_column("reason")
         for row in status["recent_failures"]:
-            failures.add_row(Text(row["path"]), row["state"], Text(row["reason"] or ""))
+            failures.add_row(_plain(row["path"]), row["state"], _plain(row["reason"] or ""))
         for row in status["baidu_failures"]:
-            failures.add_row(Text(row["path"]), f"baidu {row['action']} failed", Text(row["reason"] or ""))
+            failures.add_row(
+                _plain(row["path"]), f"baidu {row['action']} failed", _plain(row["reason"] or "")
+            )
         for row in status["sidecar_failures"]:
             reason = f"submitted to Baidu; its sidecar could not show it: {row['reason']}"
             failures.add_row(
-                Text(row["path"]),
+                _plain(row["path"]),
                 "sidecar update waits",
-                Text(f"{reason} (next try {row['next_attempt_at']})"),
+                _plain(f"{reason} (next try {row['next_attempt_at']})"),
             )
         console.print(failures)
         if more := status["baidu_failures_total"] - len(status["baidu_failures"]):
