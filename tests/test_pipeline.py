@@ -295,3 +295,22 @@ def test_a_bug_after_the_upload_does_not_upload_again(
     assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 0
     assert len(emulator.uploads()) == 1  # the sidecar was written from the recorded upload
     assert json.loads(sidecar_of(folder / "cat.png").read_text())["link"] == emulator.uploads()[0].link
+
+
+def test_images_the_rules_exclude_are_not_counted_as_new_at_each_reconciliation(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    folder = tmp_path / "w"
+    folder.mkdir()
+    rules = {"exclude": ["IMG_*"]}
+    config = write_config(
+        tmp_path / "c.yaml", emulator, [{"path": folder, "rules": rules}], state_dir=tmp_path / "s"
+    )
+    (folder / "IMG_0001.png").write_bytes(png(10, 10))
+    (folder / "IMG_0002.png").write_bytes(png(11, 10))
+    (folder / "keep.png").write_bytes(png(12, 10))
+    first = run_cli("sync", "-c", str(config))
+    assert first.returncode == 0 and "1 new or changed files" in first.stderr, first.stderr
+    second = run_cli("sync", "-c", str(config))
+    assert second.returncode == 0 and "0 new or changed files" in second.stderr, second.stderr
+    assert [u.name for u in emulator.uploads()] == ["keep.png"]

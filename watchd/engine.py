@@ -40,7 +40,7 @@ from watchd.logs import add_secrets
 from watchd.metrics import GaugeValues, Metrics, MetricsServer, journal_gauges
 from watchd.pipeline import Intake, Pipeline, candidate_name
 from watchd.quota import QuotaGate
-from watchd.rules import RULE_FILE_NAME
+from watchd.rules import RULE_FILE_NAME, RuleFileError
 from watchd.scan import printable, reconcile, recordable
 from watchd.schema import DAILY_QUOTA
 from watchd.settling import Settler
@@ -666,7 +666,7 @@ class Engine:
                 self._skip_unrecordable(difference.path)
             elif difference.kind == "unreadable":
                 self.upkeep.unreadable(difference.path)
-            else:
+            elif difference.kind == "changed" or self._wanted(difference.path):
                 found.append(difference.path)
         log.info("reconciled %s: %d new or changed files", root, len(found))
         if self.progress is not None:
@@ -674,6 +674,14 @@ class Engine:
         for start in range(0, len(found), TAKE_IN_CHUNK):
             self._take_ins_queued += 1
             self._facts.put(_TakeIn(tuple(found[start : start + TAKE_IN_CHUNK])))
+
+    def _wanted(self, path: str) -> bool:
+        """Whether a file the journal does not know is one to take in: an image its folder's
+        rules exclude never gets a row, so every reconciliation finds it "new" again."""
+        try:
+            return self.pipeline.resolver.is_candidate(Path(path))
+        except RuleFileError:
+            return True  # its intake records the rule file's problem
 
     # -- workers -----------------------------------------------------------------------
 
