@@ -93,6 +93,10 @@ def test_files_that_waited_behind_a_wrong_key_all_go_once_the_key_is_corrected(t
             (folder / f"p{n}.png").write_bytes(png(10 + n, 10))
         wrong = run_cli("sync", "-c", str(config), env={"TEST_SECRET_KEY": "sk-wrong"})
         assert wrong.returncode == 1 and "invalid secret key" in wrong.stderr
+        assert (
+            "once the config is fixed: reload the daemon (systemctl reload watchd) or run the next sync"
+            in wrong.stderr
+        )
         fixed = run_cli("sync", "-c", str(config), env={"TEST_SECRET_KEY": "sk-right"})
         assert fixed.returncode == 0, fixed.stderr
         assert sorted(u.name for u in emulator.uploads()) == [f"p{n}.png" for n in range(8)]

@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from watchd.errors import (
+    AFTER_THE_CONFIG_IS_FIXED,
     AlreadyDoneError,
     ConfigurationError,
     PermanentFileError,
@@ -233,7 +234,7 @@ class BaiduBatcher:
         if isinstance(exc, QuotaError):
             self._pause_for_quota(ids, str(exc))
         elif isinstance(exc, ConfigurationError):
-            reason = f"{exc}; Baidu waits until the config is reloaded (systemctl reload watchd)"
+            reason = f"{exc}; Baidu goes on {AFTER_THE_CONFIG_IS_FIXED}"
             self.journal.pause(SERVICE, "configuration", None, reason)
             self.journal.outbox_retry(ids, reason, 0.0)
             log.error("Baidu paused: %s", reason)

@@ -99,6 +99,12 @@ class ConfigurationError(ServiceError):
     """Credentials or account state are wrong; the service is paused until the config changes."""
 
 
+# What lifts a configuration pause, for a daemon and for a `watchd sync` run from cron alike.
+AFTER_THE_CONFIG_IS_FIXED = (
+    "once the config is fixed: reload the daemon (systemctl reload watchd) or run the next sync"
+)
+
+
 class PermanentFileError(ServiceError):
     """This one file or payload item can never succeed as it is; never retried automatically."""
 

@@ -26,6 +26,7 @@ from watchd import journal as j
 from watchd.config import FolderSettings, Settings
 from watchd.departures import watchd_command
 from watchd.errors import (
+    AFTER_THE_CONFIG_IS_FIXED,
     ConfigurationError,
     PermanentFileError,
     QuotaError,
@@ -379,7 +380,7 @@ class Pipeline:
                 )
             return self._defer(row, j.PENDING, "quota", reason, quota.reset_at())
         if isinstance(exc, ConfigurationError):
-            reason = f"{exc}; uploads to it wait until the config is reloaded (systemctl reload watchd)"
+            reason = f"{exc}; uploads to it go on {AFTER_THE_CONFIG_IS_FIXED}"
             if self._pause_once(service, "configuration", None, reason):
                 log.error("%s paused: %s", service, reason)
             return self._defer(row, j.PENDING, "configuration", reason, self.clock() + CONFIG_PAUSE_RECHECK)
