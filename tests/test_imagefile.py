@@ -139,6 +139,14 @@ def test_too_large_says_size_in_mb(tmp_path: Path) -> None:
         inspect_image(path)
 
 
+def test_just_over_the_limit_says_bytes_not_a_rounded_size_that_looks_allowed(tmp_path: Path) -> None:
+    path = write(tmp_path, "huge.png", imagegen.png(4, 4, extra_bytes=10 * MB))
+    size = path.stat().st_size
+    with pytest.raises(PermanentFileError) as caught:
+        inspect_image(path)
+    assert f"huge.png is {size:,} bytes, larger than the 10 MB (10,485,760 bytes)" in caught.value.message
+
+
 def test_max_bytes_is_inclusive(tmp_path: Path) -> None:
     data = imagegen.png(4, 4)
     assert inspect_image(write(tmp_path, "a.png", data), max_bytes=len(data)).complete

@@ -143,9 +143,12 @@ def _inspect(f: BinaryIO, size: int, path: Path, max_bytes: int) -> ImageInfo:
             "convert it to one of those to upload it"
         )
     if size > max_bytes:
+        shown = f"{size / 1024 / 1024:.1f} MB"
+        if shown == f"{max_bytes / 1024 / 1024:.1f} MB":  # just over: "10.0 MB, larger than 10 MB"
+            shown = f"{size:,} bytes"
         raise PermanentFileError(
-            f"{path.name} is {size / 1024 / 1024:.1f} MB, larger than the "
-            f"{max_bytes / 1024 / 1024:g} MB ImageBan accepts: resize or recompress it"
+            f"{path.name} is {shown}, larger than the {max_bytes / 1024 / 1024:g} MB "
+            f"({max_bytes:,} bytes) ImageBan accepts: resize or recompress it"
         )
     dimensions = _jpeg_dimensions(f, path) if kind == "jpeg" else _header_dimensions(kind, head, path)
     complete = dimensions is not None and _complete(kind, f, path)
