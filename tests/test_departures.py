@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, write_config
+from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import png
 from watchd.config import load_settings
 from watchd.departures import Departures, FolderAvailability
@@ -258,3 +258,24 @@ def test_an_image_replaced_by_a_directory_of_its_name_is_withdrawn(
     assert result.returncode == 0, result.stderr
     assert len(emulator.baidu_index()) == 1
     assert sorted(p.name for p in folder.iterdir()) == ["cat.png", "dog.png", "dog.png.link.json"]
+
+
+def test_a_deleted_sub_folder_with_a_rule_file_is_withdrawn_without_a_warning_about_permissions(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "w"
+    album = folder / "album"
+    album.mkdir(parents=True)
+    (album / ".watchd.yaml").write_text('title: "{stem} in my album"\n', encoding="utf-8")
+    daemon = start_daemon(
+        write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    )
+    (album / "s.png").write_bytes(png(10, 10))
+    wait_for(lambda: len(emulator.baidu_index()) == 1, timeout=20)
+    assert sidecar_of(album / "s.png").exists()
+    subprocess.run(["rm", "-rf", str(album)], check=True)
+    wait_for(lambda: emulator.baidu_index() == {}, timeout=20)
+    assert (
+        "cannot read directory" not in daemon.log() and "WARNING" not in daemon.log().split("watching", 1)[1]
+    )
+    assert daemon.stop() == 0

@@ -54,6 +54,8 @@ def walk_sorted(
     """
     try:
         entries = list(os.scandir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return  # removed since it was asked for: its files are gone, not out of reach
     except OSError:
         unreadable.add(root)
         return
