@@ -250,6 +250,17 @@ def test_non_recursive_folder_reads_only_its_own_rule_file(tmp_path: Path) -> No
     assert resolver.rules_for(flat / "x.png").tags == ("flat",)
 
 
+def test_selects_says_whether_a_directory_may_leave_files_out(tmp_path: Path, photos: Path) -> None:
+    settings = settings_for(tmp_path, f"defaults: {{host: me}}\nfolders:\n  - path: {photos}\n")
+    resolver = RuleResolver(settings)
+    assert not resolver.selects(photos / "a.png")
+    rule_file(photos / "raw", "exclude: ['*.png']\n")
+    rule_file(photos / "gifs", "include: ['*.gif']\n")
+    assert resolver.selects(photos / "raw" / "a.png") and resolver.selects(photos / "gifs" / "a.png")
+    assert resolver.selects(photos / "raw" / "deeper" / "a.png")  # inherited
+    assert not resolver.selects(photos / "other" / "a.png")
+
+
 def test_include_and_exclude(tmp_path: Path, photos: Path) -> None:
     settings = settings_for(
         tmp_path,

@@ -654,6 +654,7 @@ class Engine:
         if not self._available(str(folder.path)):
             return
         found: list[str] = []
+        selective: dict[str, bool] = {}  # directory → whether its rules leave files out
         now = self.clock()
         for difference in reconcile(self.journal, root, folder.recursive, candidate_name):
             if difference.kind == "missing":
@@ -666,7 +667,7 @@ class Engine:
                 self._skip_unrecordable(difference.path)
             elif difference.kind == "unreadable":
                 self.upkeep.unreadable(difference.path)
-            elif difference.kind == "changed" or self._wanted(difference.path):
+            elif difference.kind == "changed" or self._wanted(difference.path, selective):
                 found.append(difference.path)
         log.info("reconciled %s: %d new or changed files", root, len(found))
         if self.progress is not None:
@@ -675,11 +676,17 @@ class Engine:
             self._take_ins_queued += 1
             self._facts.put(_TakeIn(tuple(found[start : start + TAKE_IN_CHUNK])))
 
-    def _wanted(self, path: str) -> bool:
+    def _wanted(self, path: str, selective: dict[str, bool]) -> bool:
         """Whether a file the journal does not know is one to take in: an image its folder's
-        rules exclude never gets a row, so every reconciliation finds it "new" again."""
+        rules exclude never gets a row, so every reconciliation finds it "new" again. Globs
+        are matched only in directories whose rules leave files out (`selective`, filled as
+        the walk goes): the walk is one turn of the loop, and most directories exclude nothing."""
+        resolver = self.pipeline.resolver
         try:
-            return self.pipeline.resolver.is_candidate(Path(path))
+            directory = os.path.dirname(path)
+            if directory not in selective:
+                selective[directory] = resolver.selects(Path(path))
+            return not selective[directory] or resolver.is_candidate(Path(path))
         except RuleFileError:
             return True  # its intake records the rule file's problem
 

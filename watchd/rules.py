@@ -186,6 +186,12 @@ class RuleResolver:
         wanted = _matches(rules.include, included, path.name)
         return wanted and not _matches(rules.exclude, excluded, path.name)
 
+    def selects(self, path: Path) -> bool:
+        """Whether the rules of `path`'s directory leave any file out (an exclude glob, or an
+        include other than "*"); when not, every file there is a candidate. Raise like `rules_for`."""
+        rules = self.rules_for(path)
+        return bool(rules.exclude) or rules.include != _DEFAULT.include
+
     def invalidate(self, path: Path) -> None:
         """Forget every cached rule file at or below `path` (a rule file or a directory), and
         the rules of every directory it applies to."""
