@@ -259,7 +259,7 @@ def test_an_interrupted_sync_lets_uploads_in_flight_finish_so_the_next_one_uploa
     config = write_config(
         tmp_path / "config.yaml", emulator, [{"path": folder}], state_dir=state, extra="concurrency: 2\n"
     )
-    files = [folder / f"s{n:02d}.png" for n in range(12)]
+    files = [folder / f"s{n:02d}.png" for n in range(4)]  # one for each of the 2 × 2 upload workers
     for n, path in enumerate(files):
         path.write_bytes(png(n + 1, 4))
     emulator.set_faults(latency=2.0)
@@ -272,6 +272,7 @@ def test_an_interrupted_sync_lets_uploads_in_flight_finish_so_the_next_one_uploa
     assert f"sync stopped by {sig.name}" in err and "the next `watchd sync` or `watchd run` continues" in err
     assert "still queued (the next sync or run continues them)" in err and "for the reasons" not in err
     assert len(emulator.uploads()) == 2, "the uploads in flight finished, and no other one began"
+    assert "4/4 files handled" not in err, "the two left queued were not handled"
     assert uploading(state) == 0, "both recorded"
 
     emulator.set_faults(latency=0)
@@ -279,7 +280,7 @@ def test_an_interrupted_sync_lets_uploads_in_flight_finish_so_the_next_one_uploa
     _out, err = again.communicate(timeout=60)
     assert again.returncode == 0, err
     assert all(sidecar_of(path).exists() for path in files)
-    assert len(emulator.uploads()) == 12, "no upload twice"
+    assert len(emulator.uploads()) == 4, "no upload twice"
 
 
 def test_a_second_ctrl_c_stops_a_sync_at_once(tmp_path: Path, emulator: Emulator) -> None:

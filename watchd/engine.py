@@ -726,7 +726,7 @@ class Engine:
         if outcome in ("failed", "retry", "paused"):
             row = self.journal.get(path)
             self.last_error = f"{path}: {row.reason}" if row and row.reason else path
-        if self.progress is not None:
+        if self.progress is not None and outcome != "skipped":  # not sent: a stop left it queued
             self.progress.advance(outcome, path)
         self._status_dirty = True
 
