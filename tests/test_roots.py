@@ -75,6 +75,22 @@ def test_a_folder_deleted_and_recreated_is_watched_again(
     assert daemon.stop() == 0
 
 
+def test_a_folder_configured_before_it_exists_is_a_warning_once_and_watched_when_created(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "disk" / "photos"
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "state")
+    daemon = start_daemon(config)
+    log = daemon.log()
+    assert f"watched folder {folder} is unavailable: it does not exist; it is watched within" in log
+    assert log.count(str(folder)) == 1 and "ERROR" not in log
+    folder.mkdir(parents=True)
+    wait_for(lambda: f"watched folder {folder} is available again" in daemon.log(), timeout=30)
+    (folder / "a.png").write_bytes(png(10, 10))
+    _published(folder, "a.png")
+    assert daemon.stop() == 0
+
+
 def test_deletions_held_while_a_folder_was_swapped_are_cancelled_when_it_is_swapped_back(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:

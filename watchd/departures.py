@@ -30,7 +30,13 @@ log = logging.getLogger(__name__)
 EMPTIED_MARK = ".watchd-emptied"  # a folder emptied on purpose, not a share that is not mounted
 CONFIRMED = 2  # files.delete_held: confirmed by `watchd confirm-deletes`, retired past the guard
 MOUNTINFO = "/proc/self/mountinfo"
-_UNREACHABLE = "it is missing or cannot be read (unmounted? detached?); nothing is withdrawn until it is back"
+_UNREACHABLE = (
+    "it is missing or cannot be read (unmounted? detached?); nothing is withdrawn until it is back, "
+    "and it is watched again within seconds of its return"
+)
+# A folder with no files known to have been there: configured before it was created, or emptied
+# and removed while watched. Nothing can be lost, so it is a warning, not an error.
+_ABSENT = "it does not exist; it is watched within seconds of being created"
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,8 @@ class FolderAvailability:
             self._unavailable.pop(root, None)
         elif self._unavailable.get(root) != problem:
             self._unavailable[root] = problem
-            log.error("watched folder %s is unavailable: %s", root, problem)
+            level = logging.WARNING if problem is _ABSENT else logging.ERROR
+            log.log(level, "watched folder %s is unavailable: %s", root, problem)
         return problem is None
 
     def remounted(self) -> set[str]:
@@ -96,6 +103,8 @@ class FolderAvailability:
             device = os.stat(root).st_dev
             with os.scandir(root) as entries:
                 empty = not any(_content(entry) for entry in entries)
+        except FileNotFoundError:
+            return _UNREACHABLE if self._journal.present_count(root) else _ABSENT
         except OSError:
             return _UNREACHABLE
         if not os.access(root, os.R_OK | os.X_OK):

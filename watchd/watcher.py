@@ -353,9 +353,7 @@ class FolderWatcher:
         )
 
     def _unavailable(self, root: Path) -> None:
-        log.error(
-            "watched folder %s is missing, not a directory or unreadable: its files are kept as they "
-            "are (nothing is withdrawn); watching resumes within seconds once it is back",
-            root,
-        )
+        """Said once to the user by the folder availability check (`FolderAvailability`),
+        which also judges what its absence means; here it is only noted."""
+        log.debug("not watching %s: missing, not a directory or unreadable", root)
         self.unavailable.append(root)
