@@ -186,6 +186,7 @@ def test_call_level_errnos_are_raised(
         client.push([item(1), item(2)]) if action == "push" else client.withdraw(["a1", "b2"])
     assert type(caught.value) is cls
     assert (caught.value.code, caught.value.service) == (str(errno), "baidu")
+    assert not caught.value.may_have_used_quota  # an errno answer: Baidu stored nothing
 
 
 @pytest.mark.parametrize("errno", [0, "0"])
@@ -244,7 +245,7 @@ def test_429_honours_retry_after() -> None:
 def test_5xx_is_transient(status: int) -> None:
     with pytest.raises(TransientError) as caught:
         indexer(FakeBaidu(lambda *_: httpx.Response(status, text="<html>"))).withdraw(["a1"])
-    assert caught.value.code == str(status)
+    assert caught.value.code == str(status) and caught.value.may_have_used_quota  # it may have been stored
 
 
 def test_404_means_wrong_api_base() -> None:

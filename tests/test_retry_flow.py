@@ -113,3 +113,17 @@ def test_raising_a_used_up_daily_quota_sends_what_waited_for_it(tmp_path: Path, 
     second = run_cli("sync", "-c", str(config))
     assert second.returncode == 0, second.stderr
     assert len(emulator.uploads()) == 3 and status(config)["paused"] == {}
+
+
+@pytest.mark.parametrize(("fault", "counted"), [("transient_rate", False), ("http_error_rate", True)])
+def test_only_uploads_the_service_may_have_stored_use_the_days_quota(
+    tmp_path: Path, emulator: Emulator, fault: str, counted: bool
+) -> None:
+    """ "Failed to store the image" (104) stores nothing: counting it would pause a host early
+    after a bad hour. An HTTP 5xx may come after the image was stored: that one counts."""
+    config, folder = make_config(tmp_path, emulator)
+    (folder / "a.png").write_bytes(png(10, 10))
+    emulator.set_faults(**{fault: 1.0})
+    assert run_cli("sync", "-c", str(config)).returncode == 1
+    assert len(emulator.requests()) >= 2  # quick retries, one reservation
+    assert status(config)["hosts"]["me"]["used_today"] == (1 if counted else 0)

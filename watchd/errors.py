@@ -67,7 +67,9 @@ class TransientError(ServiceError):
     nothing it counts (a quota unit) was used. `unanswered` is True when the whole request
     went out and no usable answer came back (a read timeout, a dropped connection): the
     service may have carried it out, so a request that is not idempotent (an upload) must
-    not be repeated at once.
+    not be repeated at once. `refused` is True when the API answered with its own error
+    code ("failed to store the image", "database error"): it stored nothing, so its quota
+    unit goes back, or a failing day would pause uploads on units never used.
     """
 
     def __init__(
@@ -79,16 +81,19 @@ class TransientError(ServiceError):
         retry_after: float | None = None,
         reached: bool = True,
         unanswered: bool = False,
+        refused: bool = False,
     ) -> None:
         super().__init__(message, service=service, code=code)
         self.retry_after = retry_after
         self.reached = reached
         self.unanswered = unanswered
+        self.refused = refused
 
     @property
     def may_have_used_quota(self) -> bool:
-        """A request that reached the service may have been stored before the failure."""
-        return self.reached
+        """A request that reached the service may have been stored before the failure, unless
+        the service said it refused it."""
+        return self.reached and not self.refused
 
 
 class QuotaError(ServiceError):

@@ -166,6 +166,8 @@ class ImageBanHost:
             code = str(error["code"]).strip()
             api_message = self._scrub(str(error.get("message") or ""))
             cls, meaning = _API_CODES.get(code, (TransientError, f"unknown ImageBan error: {api_message}"))
+            if cls is TransientError:  # an error the API answered with: nothing was stored
+                raise TransientError(meaning, service=self.service, code=code, refused=True)
             raise cls(self._advised(meaning, code), service=self.service, code=code)
         status = response.status_code
         if status >= 300:

@@ -304,7 +304,10 @@ class BaiduIndexer:
             return None
         if cls is PermanentFileError and errmsg:
             meaning = f"{meaning}: {errmsg}"
-        error = cls(meaning, service=SERVICE, code=str(errno_value).strip())
+        code = str(errno_value).strip()
+        if cls is TransientError:  # an errno the API answered with: nothing was stored
+            raise TransientError(meaning, service=SERVICE, code=code, refused=True)
+        error = cls(meaning, service=SERVICE, code=code)
         if isinstance(error, PermanentFileError | AlreadyDoneError):
             return error
         raise error
