@@ -226,7 +226,11 @@ def test_status_json_retry_and_forget(tmp_path: Path, emulator: Emulator) -> Non
     result = run_cli("forget", "-c", str(config), str(folder / "ok.png"))
     assert result.returncode == 0
     status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
-    assert status["files"]["done"] == 1
+    assert status["files"]["done"] == 1 and status["files"]["deleted"] == 0  # forgotten, not deleted
+    assert run_cli("sync", "-c", str(config)).returncode == 0  # ok.png is published again, as new
+    status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+    assert (status["files"]["done"], status["files"]["deleted"]) == (2, 0)
+    assert status["folders"][0]["files"]["deleted"] == 0
     human = run_cli("status", "-c", str(config))
     assert human.returncode == 0 and str(folder) in human.stdout
     assert human.stdout.count("0 (all hosts)") == 1  # two hosts share one upload queue: shown once

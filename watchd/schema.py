@@ -104,6 +104,10 @@ STATES = (PENDING, UPLOADING, UPLOADED, DONE, FAILED, DELETED)
 # opposed to "quota", the service's own answer: raising the setting lifts the first alone.
 DAILY_QUOTA = "daily_quota"
 
+# The error_kind of a tombstone `watchd forget` left (its file may still be there): kept for
+# its Baidu id, never counted as a deleted file.
+FORGOTTEN = "forgotten"
+
 # Outbox states.
 QUEUED = "queued"
 SENDING = "sending"

@@ -14,6 +14,7 @@ from watchd.schema import (
     DELETED,
     DONE,
     FAILED,
+    FORGOTTEN,
     HELD,
     PENDING,
     QUEUED,
@@ -308,12 +309,14 @@ class Files(Store):
 
         A file Baidu may hold (`baidu_may_hold`) is not dropped but becomes a tombstone, as if
         deleted, with its withdrawal queued if `withdraw`: its id is never lost while Baidu may
-        show it, and the outbox keeps its file. Every other trace is removed.
+        show it, and the outbox keeps its file. Marked `FORGOTTEN`, it is not counted as a
+        deleted file: the file may well be there. Every other trace is removed.
         """
         with self._write() as db:
             row = db.execute("SELECT baidu_may_hold FROM files WHERE id = ?", (file_id,)).fetchone()
             if row and row[0]:
                 self._tombstone(db, file_id, withdraw)
+                db.execute("UPDATE files SET error_kind = ? WHERE id = ?", (FORGOTTEN, file_id))
                 return
             db.execute("DELETE FROM outbox WHERE file_id = ?", (file_id,))
             db.execute("DELETE FROM files WHERE id = ?", (file_id,))

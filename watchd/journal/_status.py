@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from watchd.journal._store import Store
-from watchd.schema import FAILED, PENDING, STATES, UPLOADED, FileRow
+from watchd.schema import FAILED, FORGOTTEN, PENDING, STATES, UPLOADED, FileRow
+
+# Every row but the tombstones `watchd forget` leaves: their files were not deleted.
+_COUNTED = f"error_kind IS NOT '{FORGOTTEN}'"
 
 
 class Status(Store):
@@ -11,7 +14,9 @@ class Status(Store):
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
+            rows = self._db.execute(
+                f"SELECT state, COUNT(*) FROM files WHERE {_COUNTED} GROUP BY state"
+            ).fetchall()
         counts = dict.fromkeys(STATES, 0)
         counts.update({state: n for state, n in rows})
         return counts
@@ -29,7 +34,9 @@ class Status(Store):
         """Files per folder they were found in (watched still or not) and state, adding up to
         `counts`: a deleted file, its path gone, still counts in the folder it was in."""
         with self._lock:
-            rows = self._db.execute("SELECT root, state, COUNT(*) FROM files GROUP BY root, state").fetchall()
+            rows = self._db.execute(
+                f"SELECT root, state, COUNT(*) FROM files WHERE {_COUNTED} GROUP BY root, state"
+            ).fetchall()
         result: dict[str, dict[str, int]] = {}
         for root, state, n in rows:
             result.setdefault(root, dict.fromkeys(STATES, 0))[state] = n
