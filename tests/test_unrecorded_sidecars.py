@@ -61,15 +61,18 @@ def row_of(tmp_path: Path, path: Path) -> tuple[str, str | None, str | None]:
 
 
 def uploaded_without_its_sidecar(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sync with the sidecar's disk full: the upload is recorded, its sidecar is due again."""
+    """Sync with the sidecar's disk full: the upload is recorded, its sidecar is due again.
+
+    Full for the whole sync: a retry due within it (the config's backoff is milliseconds
+    long) must not find the disk free again on a slow machine."""
     real_write = pipeline_module.write_atomic
 
-    def full_once(path: Path, text: str) -> None:
-        monkeypatch.setattr(pipeline_module, "write_atomic", real_write)
+    def full(path: Path, text: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(pipeline_module, "write_atomic", full_once)
+    monkeypatch.setattr(pipeline_module, "write_atomic", full)
     assert Engine(load_settings(config)).sync() == 1
+    monkeypatch.setattr(pipeline_module, "write_atomic", real_write)
 
 
 def test_a_sidecar_written_right_before_a_kill_goes_with_its_deleted_original(
