@@ -328,6 +328,30 @@ def test_a_large_backlog_is_taken_in_between_watchdog_pings_and_a_stop_is_heard_
     assert daemon.stop() == 0
 
 
+def test_a_reload_is_heard_at_once_during_a_large_intake(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    image = png(2, 2)
+    for n in range(30_000):  # taken in over seconds, in chunks queued at once
+        (folder / f"b{n:05d}.png").write_bytes(image)
+    config = write_config(tmp_path / "config.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+    emulator.set_faults(imageban_quota=0)  # no uploads to wait for at the stop
+    daemon = start_daemon(config)
+    assert daemon.process is not None
+    wait_for(lambda: "reconciled" in daemon.log(), timeout=30)
+    asked = time.monotonic()
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in daemon.log(), timeout=30)
+    heard = time.monotonic() - asked
+    with sqlite3.connect(tmp_path / "s" / "journal.sqlite3") as db:
+        taken_in = db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+    assert taken_in < 30_000, "the reload came after the whole intake"
+    assert heard < 2.0, heard
+    assert daemon.stop() == 0
+
+
 def test_pings_stay_one_interval_apart_when_the_loop_wakes_just_before_one_is_due(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon, manager: Manager
 ) -> None:

@@ -134,6 +134,7 @@ class Engine:
         self.last_error = ""
         self._facts: queue.SimpleQueue[Fact | Done | _TakeIn | _Control] = queue.SimpleQueue()
         self._stopping = False
+        self._reload_asked = False  # SIGHUP: heard at the next turn, not behind queued facts
         self._stop_signal: int | None = None  # the signal that asked for the stop
         self._not_taken_in = 0  # files a reconciliation found that a stop left unlooked-at
         self._take_ins_queued = 0  # chunks of found files not taken in yet (see _retire_departed)
@@ -362,7 +363,10 @@ class Engine:
         self._facts.put(_Control("wake"))
 
     def reload(self) -> None:
-        self._facts.put(_Control("reload"))
+        """Ask the loop to reload the config (SIGHUP). Like a stop, heard at the next turn, not
+        behind the facts queued before it: a large intake takes many turns."""
+        self._reload_asked = True
+        self._facts.put(_Control("wake"))
 
     def _install_signals(self, *, daemon: bool) -> None:
         """SIGTERM/SIGINT stop gracefully, a second one at once (`run` exits 0 either way, `sync`
@@ -409,6 +413,9 @@ class Engine:
         # Tried before the facts, any of which may fail on the journal: a stream of them must
         # not keep it from being tried.
         journal_back = self._journal_back(self.clock())
+        if self._reload_asked:
+            self._reload_asked = False
+            self._handle_safely(_Control("reload"))
         ends = time.monotonic() + TURN_BUDGET
         while fact is not None:
             if (screened := self._screen(fact)) is not None:
