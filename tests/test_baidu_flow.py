@@ -257,9 +257,8 @@ def test_only_sidecars_that_show_baidu_are_rewritten_after_the_push(
     assert "baidu" in json.loads(sidecar_of(as_json / "img0.png").read_text(encoding="utf-8"))
 
 
-def test_the_last_units_of_a_days_baidu_quota_are_used_and_the_rest_waits_for_the_reset(
-    tmp_path: Path, emulator: Emulator
-) -> None:
+def _fifteen_images_and_a_baidu_quota_of_ten(tmp_path: Path, emulator: Emulator) -> Path:
+    """A public folder holding 15 images, and its config, whose Baidu daily_quota is 10."""
     public = tmp_path / "public"
     public.mkdir()
     config = write_config(
@@ -267,6 +266,13 @@ def test_the_last_units_of_a_days_baidu_quota_are_used_and_the_rest_waits_for_th
     )
     for n in range(15):
         (public / f"q{n:02d}.png").write_bytes(png(n + 1, 6))
+    return config
+
+
+def test_the_last_units_of_a_days_baidu_quota_are_used_and_the_rest_waits_for_the_reset(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    config = _fifteen_images_and_a_baidu_quota_of_ten(tmp_path, emulator)
     now = [1_800_000_000.0]
     engine = Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None)
     engine.sync()
@@ -280,13 +286,7 @@ def test_the_last_units_of_a_days_baidu_quota_are_used_and_the_rest_waits_for_th
 def test_raising_a_used_up_baidu_daily_quota_sends_what_waited_for_it(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    public = tmp_path / "public"
-    public.mkdir()
-    config = write_config(
-        tmp_path / "config.yaml", emulator, [{"path": public}], state_dir=tmp_path / "state", baidu_quota=10
-    )
-    for n in range(15):
-        (public / f"q{n:02d}.png").write_bytes(png(n + 1, 6))
+    config = _fifteen_images_and_a_baidu_quota_of_ten(tmp_path, emulator)
     assert run_cli("sync", "-c", str(config)).returncode == 1  # 5 left for tomorrow
     config.write_text(config.read_text().replace("daily_quota: 10", "daily_quota: 100"), encoding="utf-8")
     assert run_cli("sync", "-c", str(config)).returncode == 0
