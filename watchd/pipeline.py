@@ -752,9 +752,11 @@ def _no_sidecar(exc: OSError | ValueError) -> str:
 
 
 def truncated(kind: str) -> str:
-    """Why a file that ends before its image does is not published, and what to do."""
+    """Why a file that ends before its image does is not published, and what to do. Garbage
+    after a valid header ends the same way (a segment longer than the file): it may be either."""
     return (
-        f"truncated {kind.upper()}: the file ends before the image does (an interrupted copy?); copy it again"
+        f"truncated or damaged {kind.upper()}: the file ends before the image does (an interrupted "
+        "copy?); copy it again, or export it again"
     )
 
 
