@@ -378,3 +378,54 @@ def test_pings_stay_one_interval_apart_when_the_loop_wakes_just_before_one_is_du
     assert len(emulator.uploads()) >= 5, "uploads ended one after another meanwhile"
     assert len(pings) >= 6 and max(gaps) < 1.4, gaps
     assert daemon.stop() == 0
+
+
+def _reloaded(daemon: Any, config: Path, old: str, new: str) -> None:
+    """Edit the config and send SIGHUP; wait until the daemon says it took it."""
+    config.write_text(config.read_text().replace(old, new), encoding="utf-8")
+    before = daemon.log().count("configuration reloaded")
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: daemon.log().count("configuration reloaded") > before, timeout=20)
+
+
+def test_a_daily_quota_raised_by_a_reload_lifts_its_pause(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    config = write_config(
+        tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s", baidu_quota=2
+    )
+    config.write_text(
+        config.read_text().replace("type: imageban\n", "type: imageban\n    daily_quota: 2\n", 1)
+    )
+    daemon = start_daemon(config)
+    for n in range(3):
+        (folder / f"p{n}.png").write_bytes(png(10 + n, 10))
+    wait_for(lambda: len(emulator.uploads()) == 2 and len(emulator.baidu_index()) == 2, timeout=20)
+    wait_for(lambda: "daily quota of 2 uploads used up" in daemon.log())
+    _reloaded(daemon, config, "daily_quota: 2", "daily_quota: 10")
+    wait_for(lambda: len(emulator.uploads()) == 3 and len(emulator.baidu_index()) == 3, timeout=20)
+    assert daemon.stop() == 0
+
+
+def test_a_key_corrected_by_a_reload_while_uploads_with_the_old_one_are_in_flight_pauses_nothing(
+    tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    """The answers to the uploads sent with the wrong key come after the reload: they must
+    not pause the host the reload has just given a good key."""
+    with Emulator(secret_keys=("sk-right",)) as emulator:
+        folder = tmp_path / "pics"
+        folder.mkdir()
+        config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s")
+        config.write_text(config.read_text().replace("${TEST_SECRET_KEY:-demo-secret}", "sk-wrong"))
+        config.chmod(0o600)
+        emulator.set_faults(latency=1.0)
+        daemon = start_daemon(config)
+        for n in range(6):
+            (folder / f"p{n}.png").write_bytes(png(10 + n, 10))
+        wait_for(lambda: uploading(tmp_path / "s") >= 2, timeout=20)
+        _reloaded(daemon, config, "sk-wrong", "sk-right")
+        wait_for(lambda: len(emulator.uploads()) == 6, timeout=30)
+        assert all(sidecar_of(folder / f"p{n}.png").exists() for n in range(6))
+        assert daemon.stop() == 0

@@ -231,7 +231,10 @@ class BaiduBatcher:
     def _call_failed(self, action: str, rows: list[OutboxRow], exc: ServiceError) -> None:
         """A whole call failed: pause for a quota or configuration answer, else back off."""
         ids = [row.id for row in rows]
-        if isinstance(exc, QuotaError):
+        if self.pipeline.superseded and isinstance(exc, ConfigurationError):  # the token a reload replaced
+            self.journal.outbox_retry(ids, str(exc), 0.0)
+            log.warning("Baidu %s, sent before the reload, was refused: %s; tried again", action, exc)
+        elif isinstance(exc, QuotaError):
             self._pause_for_quota(ids, str(exc))
         elif isinstance(exc, ConfigurationError):
             reason = f"{exc}; Baidu goes on {AFTER_THE_CONFIG_IS_FIXED}"
@@ -242,7 +245,7 @@ class BaiduBatcher:
             attempts = max(row.attempts for row in rows) + 1
             self.journal.outbox_retry(ids, str(exc), self.pipeline.retry.next_attempt_at(attempts, exc))
             log.warning("Baidu %s of %d items deferred: %s", action, len(rows), exc)
-            if isinstance(exc, TransientError):
+            if isinstance(exc, TransientError) and not self.pipeline.superseded:
                 self.pipeline.note_transient_failure(SERVICE, exc)
 
     def _record(self, action: str, rows: list[OutboxRow], results: list[ItemResult]) -> None:

@@ -812,9 +812,10 @@ class Engine:
                 ", ".join(fixed),
             )
         self._let_batcher_go()
-        self._lift_pauses_a_new_configuration_may_fix()
-        self.journal.rejudge_held_deletes()
+        self.pipeline.superseded = True  # what it still has in hand is the new one's to retry
         self._build(settings)
+        self._lift_pauses_a_new_configuration_may_fix()  # judged by the new limits (daily_quota)
+        self.journal.rejudge_held_deletes()
         _warn_of_dead_keys(settings)
         self._start_batcher()
         self.upkeep.restart()

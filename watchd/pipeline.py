@@ -132,6 +132,10 @@ class Pipeline:
         # (the engine's take-in), and it is reentrant because a move happens in such a batch.
         self.sidecar_lock = threading.RLock()
         self._pausing = threading.Lock()  # see `_pause_once` and `note_transient_failure`
+        # Set when a reload built the next pipeline: a file this one still holds is left to
+        # that one, and an answer to a request sent with the old configuration (a wrong key
+        # since corrected) pauses nothing: the new configuration gets its own try.
+        self.superseded = False
         self.quotas = {
             name: QuotaGate(journal, f"imageban:{name}", host.quota, host.quota_reset_tz, clock)
             for name, host in settings.hosts.items()
@@ -312,7 +316,7 @@ class Pipeline:
             log.warning("not uploaded: %s: %s", path, exc.message)
             return "failed"
         with self.upload_slots:
-            if self.stopping():  # it waited for a slot while a stop began: left queued, unclaimed
+            if self.stopping() or self.superseded:  # it waited for a slot: left queued, unclaimed
                 return "skipped"
             return self._send(row, rules, loaded)
 
@@ -367,6 +371,9 @@ class Pipeline:
         return "gone"
 
     def _upload_failed(self, row: FileRow, service: str, exc: ServiceError) -> str:
+        if self.superseded and isinstance(exc, ConfigurationError):  # sent with the key a reload replaced
+            log.warning("upload of %s, sent before the reload, was refused: %s; tried again", row.path, exc)
+            return self._defer(row, j.PENDING, "configuration", str(exc), 0.0, outcome="retry")
         if isinstance(exc, PermanentFileError):
             self.journal.record_failed(row.id, "permanent", exc.message)
             log.warning("not uploaded: %s: %s", row.path, exc)
@@ -393,7 +400,8 @@ class Pipeline:
             exc,
             extra={"path": row.path},
         )
-        self.note_transient_failure(service, exc)
+        if not self.superseded:  # an outage seen with the old configuration (api_url) may be over
+            self.note_transient_failure(service, exc)
         return self._defer(row, j.PENDING, "transient", str(exc), retry_at, outcome="retry")
 
     def note_transient_failure(self, service: str, exc: ServiceError) -> None:
