@@ -306,3 +306,38 @@ def test_a_long_name_gets_its_sidecar_and_one_too_long_for_a_sidecar_fails_unsen
     now[0] += 3600  # failed for good, not retried later (and never uploaded)
     assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 0
     assert len(emulator.uploads()) == 1
+
+
+DIE_RIGHT_AFTER_A_MOVE_IS_RECORDED = """
+import os
+from watchd.journal import Journal
+
+record_move = Journal.move
+
+def move_then_die(self, *args, **kwargs):
+    record_move(self, *args, **kwargs)
+    os._exit(137)  # as a kill -9 the instant the move is committed
+
+Journal.move = move_then_die
+"""
+
+
+def test_a_kill_right_after_a_failed_file_is_renamed_still_publishes_it_under_its_new_name(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    """The rename and the sidecar retry it calls for are one transaction."""
+    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.txt", "format": "txt"})
+    (folder / "cat.png").write_bytes(png(10, 10))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    (folder / "cat.gif").write_bytes(gif(11, 11))  # uploaded, then failed: cat.txt is cat.png's
+    assert run_cli("sync", "-c", str(config)).returncode == 1
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(DIE_RIGHT_AFTER_A_MOVE_IS_RECORDED)
+    daemon = start_daemon(config, env={"PYTHONPATH": str(hook)})
+    assert daemon.process is not None
+    os.rename(folder / "cat.gif", folder / "kitten.gif")
+    assert daemon.process.wait(timeout=20) == 137
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    assert (folder / "kitten.txt").read_text(encoding="utf-8").strip() == emulator.uploads()[1].link
+    assert len(emulator.uploads()) == 2

@@ -624,22 +624,25 @@ class Pipeline:
                 sidecar = str(self.write_sidecar(moved))
             except (OSError, RuleFileError, ValueError) as exc:
                 log.error("moved %s → %s but could not rewrite its sidecar: %s", row.last_path, dest, exc)
-                # The old sidecar stays recorded, so writing the new one later removes it.
-                self.journal.move(row.id, dest, root, row.sidecar_path)
-                self.journal.record_retry(row.id, j.UPLOADED, "disk", str(exc), self.clock() + 10)
+                # The old sidecar stays recorded, so writing the new one later removes it. One
+                # transaction: a kill between the two would leave it done, with that old sidecar.
+                with self.journal.batch():
+                    self.journal.move(row.id, dest, root, row.sidecar_path)
+                    self.journal.record_retry(row.id, j.UPLOADED, "disk", str(exc), self.clock() + 10)
                 return False
         if row.sidecar_path and row.sidecar_path != sidecar:
             self._remove_old_sidecar(row.sidecar_path)
         elif not row.sidecar_path:  # one written by a run killed before recording it stays behind
             self._remove_sidecar_left_at_source(row, keep=sidecar)
         push = self._push_after_move(row, moved) if sidecar is not None else None
-        self.journal.move(row.id, dest, root, sidecar, push)
-        if sidecar is not None:  # written from the row: it shows any Baidu submission a refresh waited for
-            self.journal.sidecar_refreshed(row.id)
-        elif row.state == j.FAILED and row.uploaded() is not None and row.sha256 == row.uploaded_sha256:
-            # It failed after its upload for want of a sidecar its old name could not have
-            # (too long, another file's): the new name gets its try, without a second upload.
-            self.journal.requeue_sidecar(row.id, row.size, row.mtime_ns)
+        with self.journal.batch():  # one transaction with what the move settles
+            self.journal.move(row.id, dest, root, sidecar, push)
+            if sidecar is not None:  # written from the row: it shows any submission a refresh waited for
+                self.journal.sidecar_refreshed(row.id)
+            elif row.state == j.FAILED and row.uploaded() is not None and row.sha256 == row.uploaded_sha256:
+                # It failed after its upload for want of a sidecar its old name could not have
+                # (too long, another file's): the new name gets its try, without a second upload.
+                self.journal.requeue_sidecar(row.id, row.size, row.mtime_ns)
         resubmitted = " (Baidu re-submission queued)" if push is not None and row.baidu_may_hold else ""
         log.info("moved %s → %s (no re-upload)%s", row.last_path, dest, resubmitted)
         return push is not None
