@@ -253,6 +253,25 @@ def test_a_move_with_a_push_updates_the_one_not_sent_yet_and_follows_the_one_on_
     assert moved is not None and moved.path == "/w/c.png"
 
 
+@pytest.mark.parametrize("outcome", ["transient", "permanent", "crash"])
+def test_a_push_whose_call_fails_after_a_newer_push_was_queued_is_dropped_not_sent_again(
+    journal: Journal, outcome: str
+) -> None:
+    """Sent again after the newer one, it would leave Baidu with the old title or image."""
+    row, first = _queued_push(journal)
+    journal.mark_sending([first.id])
+    journal.move(row.id, "/w/b.png", "/w", "/w/b.png.link.json", {"id": row.baidu_id, "title": "b"})
+    if outcome == "transient":
+        journal.outbox_retry([first.id], "timed out", 0.0)
+    elif outcome == "permanent":
+        journal.outbox_failed(first, "bad item")
+    else:
+        journal.requeue_sending()
+    (left,) = journal.due_outbox("push", now=1e12, limit=20)
+    assert left.id != first.id and left.payload == {"id": row.baidu_id, "title": "b"}
+    assert journal.outbox_failures() == []
+
+
 def test_migration_4_marks_what_baidu_may_hold_and_drops_pushes_of_deleted_files(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / j.JOURNAL_NAME)
     db.executescript(f"BEGIN; {'; '.join(j.MIGRATIONS[:3])}; PRAGMA user_version = 3; COMMIT;")

@@ -14,6 +14,14 @@ from watchd.schema import DELETED, FAILED, HELD, QUEUED, REFRESH, SENDING, Outbo
 # A push whose file was deleted (tombstoned) meanwhile: when its call is over it is dropped, never
 # queued again, so the withdrawal `Files.tombstone` queued is the last thing Baidu hears of the id.
 _PUSH_OF_DELETED = f"action = 'push' AND file_id IN (SELECT id FROM files WHERE state = '{DELETED}')"
+# A push queued after this one for the same file (it was renamed or rewritten while this one was
+# in flight): if this one's call failed, sending it again later would overwrite the newer item
+# with the old title or image, so it is dropped instead; the newer one says all there is to say.
+_PUSH_SINCE_SUPERSEDED = (
+    "action = 'push' AND EXISTS (SELECT 1 FROM outbox AS newer "
+    "WHERE newer.file_id = outbox.file_id AND newer.action = 'push' AND newer.id > outbox.id)"
+)
+_DROPPED_WHEN_BACK = f"(({_PUSH_OF_DELETED}) OR ({_PUSH_SINCE_SUPERSEDED}))"
 
 
 def requeue_push(db: sqlite3.Connection, file_id: int, payload: dict[str, object], now: float) -> None:
@@ -215,9 +223,10 @@ class Outbox(Store):
             )
 
     def outbox_retry(self, ids: Sequence[int], reason: str, at: float) -> None:
-        """Queue these items again at `at` (pushes of files deleted meanwhile are dropped)."""
+        """Queue these items again at `at` (pushes of files deleted or pushed anew meanwhile are
+        dropped)."""
         with self._write() as db:
-            db.executemany(f"DELETE FROM outbox WHERE id = ? AND {_PUSH_OF_DELETED}", [(i,) for i in ids])
+            db.executemany(f"DELETE FROM outbox WHERE id = ? AND {_DROPPED_WHEN_BACK}", [(i,) for i in ids])
             db.executemany(
                 "UPDATE outbox SET state = ?, reason = ?, next_attempt_at = ?, updated_at = ? WHERE id = ?",
                 [(QUEUED, reason, at, time.time(), i) for i in ids],
@@ -227,7 +236,7 @@ class Outbox(Store):
         """A permanent failure, kept for `watchd retry` (a push of a file deleted meanwhile is
         dropped: retrying it would bring the id back)."""
         with self._write() as db:
-            db.execute(f"DELETE FROM outbox WHERE id = ? AND {_PUSH_OF_DELETED}", (row.id,))
+            db.execute(f"DELETE FROM outbox WHERE id = ? AND {_DROPPED_WHEN_BACK}", (row.id,))
             db.execute(
                 "UPDATE outbox SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
                 (FAILED, reason, time.time(), row.id),
@@ -235,9 +244,9 @@ class Outbox(Store):
 
     def requeue_sending(self) -> int:
         """Outbox items marked "sending" whose call is over (or died) go back to the queue,
-        except pushes of files deleted meanwhile, which are dropped."""
+        except pushes of files deleted or pushed anew meanwhile, which are dropped."""
         with self._write() as db:
-            db.execute(f"DELETE FROM outbox WHERE state = ? AND {_PUSH_OF_DELETED}", (SENDING,))
+            db.execute(f"DELETE FROM outbox WHERE state = ? AND {_DROPPED_WHEN_BACK}", (SENDING,))
             return db.execute(
                 "UPDATE outbox SET state = ?, next_attempt_at = 0 WHERE state = ?", (QUEUED, SENDING)
             ).rowcount
