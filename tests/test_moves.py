@@ -545,3 +545,26 @@ def test_a_file_renamed_while_its_push_waits_for_the_quota_goes_to_baidu_under_i
     with sqlite3.connect(state / "journal.sqlite3") as db:
         queued = db.execute("SELECT state, payload FROM outbox WHERE action = 'push'").fetchall()
     assert [(s, json.loads(p)["title"]) for s, p in queued] == [("queued", "harbour at dawn")]
+
+
+def test_a_directory_moved_to_another_watched_folder_is_moved_not_uploaded_again(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    """Each folder's watch reports its half: the directory arriving in one may come before
+    its files are seen gone from the other, and must wait for it."""
+    (first, second), state, config = _watched(tmp_path, emulator, "a", "b")
+    daemon = start_daemon(config)
+    (first / "album").mkdir()
+    for n in range(3):
+        (first / "album" / f"p{n}.png").write_bytes(png(10 + n, 10))
+    wait_for(lambda: len(emulator.baidu_index()) == 3, timeout=20)
+    ids = {baidu_id(state, first / "album" / f"p{n}.png") for n in range(3)}
+    os.rename(first / "album", second / "album")
+    wait_for(lambda: all(sidecar_of(second / "album" / f"p{n}.png").exists() for n in range(3)), timeout=20)
+    wait_for(
+        lambda: states(state) == {str(second / "album" / f"p{n}.png"): "done" for n in range(3)}, timeout=20
+    )
+    assert len(emulator.uploads()) == 3 and set(emulator.baidu_index()) == ids
+    assert not any(first.iterdir())
+    assert "delPic" not in [endpoint for endpoint, _ids in baidu_calls(emulator)]
+    assert daemon.stop() == 0

@@ -25,6 +25,7 @@ from watchd import watcher
 from watchd.watcher import (
     Arrived,
     Changed,
+    DirArrived,
     DirChanged,
     DirGone,
     Fact,
@@ -73,7 +74,7 @@ def test_the_filesystem_of_a_path_comes_from_the_longest_mount_point(
         (FileMovedEvent("/w/.a.part", "/w/a.png"), Moved("/w/.a.part", "/w/a.png")),
         (FileMovedEvent("", "/w/in.png"), Arrived("/w/in.png")),
         (FileMovedEvent("/w/out.png", ""), Gone("/w/out.png")),
-        (DirMovedEvent("", "/w/sub"), Rescan("/w/sub")),
+        (DirMovedEvent("", "/w/sub"), DirArrived("/w/sub")),
         (DirMovedEvent("/w/sub", ""), DirGone("/w/sub")),
         (DirDeletedEvent("/w/sub"), DirGone("/w/sub")),
         (DirMovedEvent("/w/a", "/w/b"), None),

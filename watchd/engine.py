@@ -49,6 +49,7 @@ from watchd.upkeep import FolderUpkeep
 from watchd.watcher import (
     Arrived,
     Changed,
+    DirArrived,
     DirChanged,
     DirGone,
     Fact,
@@ -135,6 +136,7 @@ class Engine:
         self._facts: queue.SimpleQueue[Fact | Done | _TakeIn | _Control] = queue.SimpleQueue()
         self._stopping = False
         self._reload_asked = False  # SIGHUP: heard at the next turn, not behind queued facts
+        self._arrived_dirs: dict[str, float] = {}  # directory moved in → when to reconcile it
         self._stop_signal: int | None = None  # the signal that asked for the stop
         self._not_taken_in = 0  # files a reconciliation found that a stop left unlooked-at
         self._take_ins_queued = 0  # chunks of found files not taken in yet (see _retire_departed)
@@ -431,6 +433,9 @@ class Engine:
         now = self.clock()
         for path in self._settler.settled(now):
             self._intake(path, settled=True)
+        for path in [path for path, due in self._arrived_dirs.items() if due <= now]:
+            del self._arrived_dirs[path]
+            self._rescan(path)
         self.upkeep.tick(now)
         self._retire_departed(now, force=until_idle)
         self._dispatch(now)
@@ -481,7 +486,7 @@ class Engine:
         if self._journal_retry_at is not None:  # nothing else is done until the journal is back
             deadlines = [self._journal_retry_at]
         else:
-            deadlines = self._settler.deadlines() + self.upkeep.deadlines()
+            deadlines = [*self._settler.deadlines(), *self.upkeep.deadlines(), *self._arrived_dirs.values()]
             if self.workers.free() > 0 and (due := self.journal.next_due_time()) is not None:
                 deadlines.append(due)
             if self._departing(now):
@@ -501,7 +506,9 @@ class Engine:
                     self._skip_unrecordable(dest)
                     return Gone(src) if recordable(src) else None
                 return Arrived(dest)
-            case Finished(path) | Arrived(path) | Changed(path) | Rescan(path) if not recordable(path):
+            case Finished(path) | Arrived(path) | Changed(path) | Rescan(path) | DirArrived(path) if (
+                not recordable(path)
+            ):
                 self._skip_unrecordable(path)
                 return None
             case Gone(path) | DirGone(path) if not recordable(path):
@@ -547,6 +554,8 @@ class Engine:
                 self._note_change(path)
             case Arrived(path):  # taken in a moment later, once a move's other half has come
                 self._note_change(path, wait=ARRIVAL_WAIT)
+            case DirArrived(path):  # likewise for a directory's files
+                self._arrived_dirs.setdefault(path, self.clock() + ARRIVAL_WAIT)
             case Moved(src, dest):
                 self._moved(src, dest)
             case Gone(path) if path in self._held_paths:

@@ -7,7 +7,7 @@ the journal before acting. This module only translates:
 - created / modified without a close (polling observers, hard links) → `Changed` (the
   engine waits until size and mtime stay stable for the settle interval);
 - a rename inside the watched tree → `Moved`; a file deleted or moved out → `Gone`;
-- a directory moved in → `Rescan` of it; a directory deleted or moved out → `DirGone`;
+- a directory moved in → `DirArrived`; a directory deleted or moved out → `DirGone`;
 - a chmod, chown or touch (IN_ATTRIB) → `Changed` for a file (one that could not be read may
   be readable now), `DirChanged` for a directory (one that could not be watched may be now).
 
@@ -120,6 +120,15 @@ class Gone:
 
 
 @dataclass(frozen=True)
+class DirArrived:
+    """A directory was moved in from outside this watched folder: its files are to be taken
+    in, but it may be the second half of a move from another watched folder (see `Arrived`),
+    whose files are the same ones moved, not new ones."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class DirGone:
     """A directory was deleted or moved out: every file the journal knows below it is gone."""
 
@@ -148,7 +157,7 @@ class FolderBack:
     path: str
 
 
-Fact = Finished | Arrived | Changed | Moved | Gone | DirGone | DirChanged | Rescan | FolderBack
+Fact = Finished | Arrived | Changed | Moved | Gone | DirArrived | DirGone | DirChanged | Rescan | FolderBack
 
 
 @dataclass(frozen=True)
@@ -228,7 +237,7 @@ def translate(event: FileSystemEvent) -> Fact | None:
         return Moved(src, dest)
     if isinstance(event, DirMovedEvent):
         if not src:
-            return Rescan(dest)
+            return DirArrived(dest)
         if not dest:
             return DirGone(src)
         return None  # watchdog reports a FileMovedEvent for every file inside
