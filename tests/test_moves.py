@@ -391,6 +391,20 @@ def test_a_draft_moved_to_a_public_folder_is_submitted_to_baidu_without_a_reuplo
     assert daemon.stop() == 0
 
 
+def test_a_file_moved_to_drafts_before_its_push_went_out_is_not_submitted(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    drafts, public, state, config = _drafts_and_public(tmp_path, emulator)
+    emulator.set_faults(baidu_quota=0)  # today's quota is used up: the push waits for tomorrow
+    start_daemon(config)
+    (public / "cat.png").write_bytes(png(10, 10))
+    wait_for(lambda: any(c.errno == 301002 for c in emulator.baidu_calls()), timeout=20)
+    os.rename(public / "cat.png", drafts / "cat.png")
+    wait_for(lambda: sidecar_of(drafts / "cat.png").exists(), timeout=20)
+    with sqlite3.connect(state / "journal.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM outbox WHERE action = 'push'").fetchone()[0] == 0
+
+
 def test_a_file_rewritten_while_its_first_upload_runs_leaves_baidu_with_the_new_image(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:

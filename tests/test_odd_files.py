@@ -341,3 +341,23 @@ def test_a_kill_right_after_a_failed_file_is_renamed_still_publishes_it_under_it
     assert run_cli("sync", "-c", str(config)).returncode == 0
     assert (folder / "kitten.txt").read_text(encoding="utf-8").strip() == emulator.uploads()[1].link
     assert len(emulator.uploads()) == 2
+
+
+def test_a_file_moved_onto_a_sidecar_name_already_taken_keeps_no_sidecar_of_its_old_name(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.txt", "format": "txt"})
+    (folder / "cat.png").write_bytes(png(10, 10))
+    (folder / "dog.gif").write_bytes(gif(11, 11))
+    now = [time.time()]
+    assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 0
+    os.rename(folder / "dog.gif", folder / "cat.gif")  # while stopped: cat.txt is cat.png's
+    Engine(load_settings(config), clock=lambda: now[0]).sync()
+    now[0] += 60  # its sidecar is tried again, and fails for good
+    assert Engine(load_settings(config), clock=lambda: now[0]).sync() == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["cat.gif", "cat.png", "cat.txt"]  # no dog.txt
+    (failure,) = json.loads(run_cli("status", "-c", str(config), "--json").stdout)["recent_failures"]
+    assert (
+        failure["path"] == str(folder / "cat.gif") and "already the sidecar of cat.png" in failure["reason"]
+    )
+    assert len(emulator.uploads()) == 2

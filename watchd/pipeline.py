@@ -495,11 +495,15 @@ class Pipeline:
         return "done"
 
     def _unpublishable(self, row: FileRow, upload: UploadResult | None, reason: str) -> str:
-        """No sidecar can be written for this file as it is named: failed, its upload kept."""
+        """No sidecar can be written for this file as it is named: failed, its upload kept.
+        A sidecar it still records is of a name it no longer has (a move kept it until the
+        new one was written, see `_move`): it goes, or it would name a file that is not there."""
         log.warning("not published: %s: %s", row.path, reason)
+        if row.sidecar_path:
+            self._remove_old_sidecar(row.sidecar_path)
         if upload is not None:
             self.journal.record_uploaded(row.id, upload)
-        self.journal.record_failed(row.id, "permanent", reason)
+        self.journal.record_failed(row.id, "permanent", reason, sidecar_removed=bool(row.sidecar_path))
         return "failed"
 
     def _sidecar_target(self, row: FileRow, rules: EffectiveRules) -> Path:
@@ -637,6 +641,8 @@ class Pipeline:
         push = self._push_after_move(row, moved) if sidecar is not None else None
         with self.journal.batch():  # one transaction with what the move settles
             self.journal.move(row.id, dest, root, sidecar, push)
+            if push is None and self._submits(moved) is False:  # drafts: what was not sent is not
+                self.journal.cancel_unsent_push(row.id)
             if sidecar is not None:  # written from the row: it shows any submission a refresh waited for
                 self.journal.sidecar_refreshed(row.id)
             elif row.state == j.FAILED and row.uploaded() is not None and row.sha256 == row.uploaded_sha256:
@@ -646,6 +652,13 @@ class Pipeline:
         resubmitted = " (Baidu re-submission queued)" if push is not None and row.baidu_may_hold else ""
         log.info("moved %s → %s (no re-upload)%s", row.last_path, dest, resubmitted)
         return push is not None
+
+    def _submits(self, row: FileRow) -> bool | None:
+        """Whether the rules where `row` is submit it to Baidu (None: its rule file is broken)."""
+        try:
+            return self.settings.baidu is not None and self.resolver.rules_for(Path(row.last_path)).baidu
+        except RuleFileError:
+            return None
 
     def _push_after_move(self, before: FileRow, moved: FileRow) -> dict[str, object] | None:
         """The Baidu push a move of a published file calls for, if any.

@@ -257,9 +257,11 @@ class Files(Store):
                 (state, kind, reason, at, int(state == UPLOADED), time.time(), file_id),
             )
 
-    def record_failed(self, file_id: int, kind: str, reason: str) -> None:
-        """A permanent failure: never retried automatically (`watchd retry` does it)."""
-        self._set(file_id, state=FAILED, error_kind=kind, reason=reason)
+    def record_failed(self, file_id: int, kind: str, reason: str, *, sidecar_removed: bool = False) -> None:
+        """A permanent failure: never retried automatically (`watchd retry` does it). With
+        `sidecar_removed`, the sidecar it recorded is gone too."""
+        fields: dict[str, object] = {"sidecar_path": None} if sidecar_removed else {}
+        self._set(file_id, state=FAILED, error_kind=kind, reason=reason, **fields)
 
     def record_failed_new(
         self, path: str, root: str, size: int, mtime_ns: int, reason: str, kind: str = "permanent"

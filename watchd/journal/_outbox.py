@@ -90,6 +90,15 @@ class Outbox(Store):
             for r in rows
         ]
 
+    def cancel_unsent_push(self, file_id: int) -> None:
+        """Drop the file's push that waits to be sent, or failed unsent: it was moved where
+        the rules submit nothing (a drafts folder). One on its way is past recalling."""
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM outbox WHERE file_id = ? AND action = 'push' AND state IN (?, ?, ?)",
+                (file_id, QUEUED, HELD, FAILED),
+            )
+
     def push_queued(self, file_id: int) -> bool:
         """Whether a push of the file waits to be sent or is on its way."""
         with self._lock:
