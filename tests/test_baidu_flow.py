@@ -595,3 +595,23 @@ def test_a_file_found_while_sync_drains_baidu_is_pushed_before_sync_ends(
         "first",
         "late",
     ]
+
+
+def test_a_file_deleted_while_baidu_was_out_of_the_config_is_withdrawn_once_it_is_back(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    public = tmp_path / "public"
+    public.mkdir()
+    state = tmp_path / "state"
+    with_baidu = write_config(tmp_path / "with.yaml", emulator, [{"path": public}], state_dir=state)
+    without = write_config(
+        tmp_path / "without.yaml", emulator, [{"path": public}], state_dir=state, baidu=False
+    )
+    (public / "gone.png").write_bytes(png(10, 10))
+    assert run_cli("sync", "-c", str(with_baidu)).returncode == 0
+    assert len(emulator.baidu_index()) == 1
+    (public / "gone.png").unlink()
+    assert run_cli("sync", "-c", str(without)).returncode == 0  # nothing it can do is left undone
+    assert len(emulator.baidu_index()) == 1
+    assert run_cli("sync", "-c", str(with_baidu)).returncode == 0
+    assert emulator.baidu_index() == {}

@@ -281,7 +281,8 @@ class Engine:
         self._wind_down()
         counts = self.journal.counts()
         self.left_queued = counts[j.PENDING] + counts[j.UPLOADING] + counts[j.UPLOADED]
-        self.left_queued += self.journal.outbox_depth()  # Baidu items waiting (a pause, a retry)
+        if self.settings.baidu is not None:  # without it, Baidu items wait for it to come back
+            self.left_queued += self.journal.outbox_depth()  # Baidu items waiting (a pause, a retry)
         self.left_queued += self._not_taken_in
         self.held_deletes = self.journal.held_deletes()
         self.unavailable = [str(f.path) for f in self.settings.folders if not self._available(str(f.path))]

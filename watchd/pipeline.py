@@ -656,7 +656,7 @@ class Pipeline:
     def _submits(self, row: FileRow) -> bool | None:
         """Whether the rules where `row` is submit it to Baidu (None: its rule file is broken)."""
         try:
-            return self.settings.baidu is not None and self.resolver.rules_for(Path(row.last_path)).baidu
+            return self.resolver.rules_for(Path(row.last_path)).baidu
         except RuleFileError:
             return None
 
@@ -697,7 +697,9 @@ class Pipeline:
             rules: EffectiveRules | None = self.resolver.rules_for(Path(row.last_path))
         except RuleFileError:
             rules = None
-        withdraw = self.settings.baidu is not None and (rules is None or rules.delete)
+        # Queued even with no `baidu:` section now: one taken out for a while and put back
+        # must find the withdrawals of what was deleted meanwhile (Baidu still shows those).
+        withdraw = rules is None or rules.delete
         with self.sidecar_lock:
             if row.sidecar_path:
                 self._remove_old_sidecar(row.sidecar_path)
