@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import signal
 import sqlite3
@@ -429,3 +430,29 @@ def test_a_key_corrected_by_a_reload_while_uploads_with_the_old_one_are_in_fligh
         wait_for(lambda: len(emulator.uploads()) == 6, timeout=30)
         assert all(sidecar_of(folder / f"p{n}.png").exists() for n in range(6))
         assert daemon.stop() == 0
+
+
+def _queued_titles(state: Path) -> list[str]:
+    with sqlite3.connect(state / "journal.sqlite3") as db:
+        rows = db.execute("SELECT payload FROM outbox WHERE action = 'push' AND state = 'queued' ORDER BY id")
+        return [json.loads(payload)["title"] for (payload,) in rows]
+
+
+def test_pushes_waiting_to_be_sent_take_the_rules_a_reload_or_a_rule_file_brings(
+    tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
+) -> None:
+    folder = tmp_path / "pics"
+    (folder / "sub").mkdir(parents=True)
+    state = tmp_path / "s"
+    rules = {"title": "{stem} OLD TITLE"}
+    config = write_config(tmp_path / "c.yaml", emulator, [{"path": folder, "rules": rules}], state_dir=state)
+    emulator.set_faults(baidu_quota=0)  # today's quota is used up: the pushes wait for tomorrow
+    daemon = start_daemon(config)
+    (folder / "a.png").write_bytes(png(10, 10))
+    (folder / "sub" / "b.png").write_bytes(png(11, 10))
+    wait_for(lambda: sorted(_queued_titles(state)) == ["a OLD TITLE", "b OLD TITLE"], timeout=20)
+    _reloaded(daemon, config, "OLD TITLE", "NEW TITLE")
+    assert sorted(_queued_titles(state)) == ["a NEW TITLE", "b NEW TITLE"]
+    (folder / "sub" / ".watchd.yaml").write_text("baidu: false\n", encoding="utf-8")  # drafts now
+    wait_for(lambda: _queued_titles(state) == ["a NEW TITLE"], timeout=20)
+    assert daemon.stop() == 0

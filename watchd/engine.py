@@ -593,6 +593,7 @@ class Engine:
         files the old rules excluded have no journal row, so only a scan finds them."""
         for again in self.pipeline.rule_file_changed(rule_file):
             self._intake(again, settled=False)
+        self.pipeline.rerender_queued_pushes(os.path.dirname(rule_file))
         self._facts.put(Rescan(os.path.dirname(rule_file)))
 
     def _intake(self, path: str, *, settled: bool) -> None:
@@ -824,6 +825,7 @@ class Engine:
         self._let_batcher_go()
         self.pipeline.superseded = True  # what it still has in hand is the new one's to retry
         self._build(settings)
+        self.pipeline.rerender_queued_pushes()  # a new title or `baidu: false` reaches them too
         self._lift_pauses_a_new_configuration_may_fix()  # judged by the new limits (daily_quota)
         self.journal.rejudge_held_deletes()
         _warn_of_dead_keys(settings)

@@ -653,6 +653,28 @@ class Pipeline:
         log.info("moved %s → %s (no re-upload)%s", row.last_path, dest, resubmitted)
         return push is not None
 
+    def rerender_queued_pushes(self, directory: str | None = None) -> int:
+        """Bring the Baidu pushes not sent yet (of files at or below `directory`) in line with
+        the rules as they are now (a reload, a rule file saved): a new title or tags go out
+        with them, and a folder made `baidu: false` sends nothing. Returns how many changed."""
+        changed = 0
+        for push in self.journal.queued_pushes(directory):
+            row = self.journal.get_by_id(push.file_id)
+            if row is None or row.path is None or row.state != j.DONE:
+                continue  # its own step (an upload, a sidecar) builds its item again anyway
+            try:
+                rules = self.resolver.rules_for(Path(row.path))
+            except RuleFileError:
+                continue  # reported with the file; its item waits for a fix
+            if not rules.baidu:
+                self.journal.cancel_unsent_push(row.id)
+            elif (item := self._push_payload(row, rules)[0]) is not None and item != push.payload:
+                self.journal.update_unsent_push(row.id, item)
+            else:
+                continue
+            changed += 1
+        return changed
+
     def _submits(self, row: FileRow) -> bool | None:
         """Whether the rules where `row` is submit it to Baidu (None: its rule file is broken)."""
         try:

@@ -27,13 +27,17 @@ _DROPPED_WHEN_BACK = f"(({_PUSH_OF_DELETED}) OR ({_PUSH_SINCE_SUPERSEDED}))"
 def requeue_push(db: sqlite3.Connection, file_id: int, payload: dict[str, object], now: float) -> None:
     """Queue a push of a file with `payload` in `db`'s open transaction. One not sent yet takes
     the payload in place, keeping its backoff; one on its way is followed by this one."""
-    updated = db.execute(
+    if not _update_unsent_push(db, file_id, payload, now):
+        (baidu_id,) = db.execute("SELECT baidu_id FROM files WHERE id = ?", (file_id,)).fetchone()
+        queue_outbox(db, file_id, "push", baidu_id, payload, now)
+
+
+def _update_unsent_push(db: sqlite3.Connection, file_id: int, payload: dict[str, object], now: float) -> int:
+    """Give the file's push that waits to be sent `payload`; returns 1 if there was one, else 0."""
+    return db.execute(
         "UPDATE outbox SET payload = ?, updated_at = ? WHERE file_id = ? AND action = 'push' AND state = ?",
         (json.dumps(payload), now, file_id, QUEUED),
     ).rowcount
-    if not updated:
-        (baidu_id,) = db.execute("SELECT baidu_id FROM files WHERE id = ?", (file_id,)).fetchone()
-        queue_outbox(db, file_id, "push", baidu_id, payload, now)
 
 
 def queue_outbox(
@@ -89,6 +93,21 @@ class Outbox(Store):
             )
             for r in rows
         ]
+
+    def queued_pushes(self, directory: str | None = None) -> list[OutboxRow]:
+        """Pushes waiting to be sent, of files at or below `directory` (None: of all files)."""
+        if directory is None:
+            return self._outbox_rows("state = ? AND action = 'push'", (QUEUED,))
+        prefix = directory.rstrip("/") + "/"
+        below = "file_id IN (SELECT id FROM files WHERE path >= ? AND path < ?)"
+        return self._outbox_rows(
+            f"state = ? AND action = 'push' AND {below}", (QUEUED, prefix, prefix[:-1] + "0")
+        )
+
+    def update_unsent_push(self, file_id: int, payload: dict[str, object]) -> None:
+        """Give the file's push that waits to be sent a new item (its rules changed)."""
+        with self._write() as db:
+            _update_unsent_push(db, file_id, payload, time.time())
 
     def cancel_unsent_push(self, file_id: int) -> None:
         """Drop the file's push that waits to be sent, or failed unsent: it was moved where
