@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import gif, png
+from tests.test_moves import DIE_AFTER_RECORDING_A_MOVE, start_patched
 from watchd import pipeline as pipeline_module
 from watchd.config import load_settings
 from watchd.emulator import Emulator
@@ -308,20 +309,6 @@ def test_a_long_name_gets_its_sidecar_and_one_too_long_for_a_sidecar_fails_unsen
     assert len(emulator.uploads()) == 1
 
 
-DIE_RIGHT_AFTER_A_MOVE_IS_RECORDED = """
-import os
-from watchd.journal import Journal
-
-record_move = Journal.move
-
-def move_then_die(self, *args, **kwargs):
-    record_move(self, *args, **kwargs)
-    os._exit(137)  # as a kill -9 the instant the move is committed
-
-Journal.move = move_then_die
-"""
-
-
 def test_a_kill_right_after_a_failed_file_is_renamed_still_publishes_it_under_its_new_name(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
@@ -331,10 +318,7 @@ def test_a_kill_right_after_a_failed_file_is_renamed_still_publishes_it_under_it
     assert run_cli("sync", "-c", str(config)).returncode == 0
     (folder / "cat.gif").write_bytes(gif(11, 11))  # uploaded, then failed: cat.txt is cat.png's
     assert run_cli("sync", "-c", str(config)).returncode == 1
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(DIE_RIGHT_AFTER_A_MOVE_IS_RECORDED)
-    daemon = start_daemon(config, env={"PYTHONPATH": str(hook)})
+    daemon = start_patched(tmp_path, start_daemon, config, DIE_AFTER_RECORDING_A_MOVE)
     assert daemon.process is not None
     os.rename(folder / "cat.gif", folder / "kitten.gif")
     assert daemon.process.wait(timeout=20) == 137
