@@ -8,7 +8,7 @@ from collections.abc import Collection, Iterator
 
 from watchd.journal._outbox import queue_outbox, requeue_push
 from watchd.journal._services import count_quota
-from watchd.journal._store import Store
+from watchd.journal._store import Store, below
 from watchd.schema import (
     DAILY_QUOTA,
     DELETED,
@@ -55,20 +55,14 @@ class Files(Store):
 
     def under(self, directory: str) -> list[FileRow]:
         """Live rows at or below `directory` (a directory path without trailing slash)."""
-        prefix = directory.rstrip("/") + "/"
-        return self._many(
-            "SELECT * FROM files WHERE path >= ? AND path < ? ORDER BY path",
-            (prefix, prefix[:-1] + "0"),
-        )
+        return self._many("SELECT * FROM files WHERE path >= ? AND path < ? ORDER BY path", below(directory))
 
     def iter_root(self, root: str, batch: int = 2000) -> Iterator[tuple[str, int, int, str, str | None]]:
         """(path, size, mtime_ns, state, sidecar_path) of live rows under `root`, sorted by path.
 
         Paged by key so memory stays bounded however large the journal is.
         """
-        prefix = root.rstrip("/") + "/"
-        upper = prefix[:-1] + "0"
-        last = prefix
+        last, upper = below(root)
         while True:
             with self._lock:
                 rows = self._db.execute(
@@ -84,11 +78,10 @@ class Files(Store):
     def unreadable_under(self, directory: str) -> set[str]:
         """Paths at or below `directory` of files that failed as unreadable (a chmod, which
         changes neither size nor mtime, may have fixed them)."""
-        prefix = directory.rstrip("/") + "/"
         with self._lock:
             rows = self._db.execute(
                 "SELECT path FROM files WHERE state = ? AND error_kind = ? AND path >= ? AND path < ?",
-                (FAILED, "unreadable", prefix, prefix[:-1] + "0"),
+                (FAILED, "unreadable", *below(directory)),
             ).fetchall()
         return {row[0] for row in rows}
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Collection, Sequence
 
 from watchd.journal._services import count_quota
-from watchd.journal._store import Store
+from watchd.journal._store import Store, below
 from watchd.schema import DELETED, FAILED, HELD, QUEUED, REFRESH, SENDING, OutboxRow
 
 # A push whose file was deleted (tombstoned) meanwhile: when its call is over it is dropped, never
@@ -98,11 +98,8 @@ class Outbox(Store):
         """Pushes waiting to be sent, of files at or below `directory` (None: of all files)."""
         if directory is None:
             return self._outbox_rows("state = ? AND action = 'push'", (QUEUED,))
-        prefix = directory.rstrip("/") + "/"
-        below = "file_id IN (SELECT id FROM files WHERE path >= ? AND path < ?)"
-        return self._outbox_rows(
-            f"state = ? AND action = 'push' AND {below}", (QUEUED, prefix, prefix[:-1] + "0")
-        )
+        inside = "file_id IN (SELECT id FROM files WHERE path >= ? AND path < ?)"
+        return self._outbox_rows(f"state = ? AND action = 'push' AND {inside}", (QUEUED, *below(directory)))
 
     def update_unsent_push(self, file_id: int, payload: dict[str, object]) -> None:
         """Give the file's push that waits to be sent a new item (its rules changed)."""
@@ -221,12 +218,11 @@ class Outbox(Store):
 
     def stale_sidecars(self, directory: str) -> set[str]:
         """Paths at or below `directory` whose sidecars do not show their Baidu submission yet."""
-        prefix = directory.rstrip("/") + "/"
         with self._lock:
             rows = self._db.execute(
                 "SELECT files.path FROM outbox JOIN files ON files.id = outbox.file_id "
                 "WHERE outbox.state = ? AND files.path >= ? AND files.path < ?",
-                (REFRESH, prefix, prefix[:-1] + "0"),
+                (REFRESH, *below(directory)),
             ).fetchall()
         return {row[0] for row in rows}
 

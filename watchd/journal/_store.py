@@ -21,6 +21,13 @@ from watchd.schema import MIGRATIONS, FileRow, ServicePause
 JOURNAL_NAME = "journal.sqlite3"
 
 
+def below(directory: str) -> tuple[str, str]:
+    """The bounds of the paths below `directory` in SQLite's text order, for `path >= ? AND
+    path < ?` (an index range): "/w/" up to "/w0", "0" being the character after "/"."""
+    prefix = directory.rstrip("/") + "/"
+    return prefix, prefix[:-1] + "0"
+
+
 class Store:
     """Thread-safe access to the journal database; one connection, serialised by a lock.
 
