@@ -87,6 +87,7 @@ def candidate_name(name: str) -> bool:
 
 
 NAME_MAX = 255  # bytes in a file name on Linux's file systems
+RERENDER_CHUNK = 500  # files read at once by `rerender_queued_pushes`, well below SQLite's 999 variables
 
 
 def _publishable(path: str, root: Path) -> bool:
@@ -658,8 +659,12 @@ class Pipeline:
         the rules as they are now (a reload, a rule file saved): a new title or tags go out
         with them, and a folder made `baidu: false` sends nothing. Returns how many changed."""
         changed = 0
-        for push in self.journal.queued_pushes(directory):
-            row = self.journal.get_by_id(push.file_id)
+        pushes = self.journal.queued_pushes(directory)
+        files: dict[int, FileRow] = {}
+        for start in range(0, len(pushes), RERENDER_CHUNK):  # one query a chunk, not one a push
+            files.update(self.journal.get_by_ids([p.file_id for p in pushes[start : start + RERENDER_CHUNK]]))
+        for push in pushes:
+            row = files.get(push.file_id)
             if row is None or row.path is None or row.state != j.DONE:
                 continue  # its own step (an upload, a sidecar) builds its item again anyway
             try:

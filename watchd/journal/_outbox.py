@@ -40,6 +40,14 @@ def _update_unsent_push(db: sqlite3.Connection, file_id: int, payload: dict[str,
     ).rowcount
 
 
+def _drop_unsent(db: sqlite3.Connection, file_id: int, action: str) -> None:
+    """Drop the file's `action` that waits to be sent or failed: not one on its way."""
+    db.execute(
+        "DELETE FROM outbox WHERE file_id = ? AND action = ? AND state IN (?, ?, ?)",
+        (file_id, action, QUEUED, HELD, FAILED),
+    )
+
+
 def queue_outbox(
     db: sqlite3.Connection,
     file_id: int,
@@ -51,10 +59,7 @@ def queue_outbox(
     reason: str | None = None,
 ) -> None:
     """Queue `action` for a file in `db`'s open transaction, replacing its unsent one."""
-    db.execute(
-        "DELETE FROM outbox WHERE file_id = ? AND action = ? AND state IN (?, ?, ?)",
-        (file_id, action, QUEUED, HELD, FAILED),
-    )
+    _drop_unsent(db, file_id, action)
     db.execute(
         "INSERT INTO outbox (file_id, action, baidu_id, payload, state, reason, created_at, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -110,10 +115,7 @@ class Outbox(Store):
         """Drop the file's push that waits to be sent, or failed unsent: it was moved where
         the rules submit nothing (a drafts folder). One on its way is past recalling."""
         with self._write() as db:
-            db.execute(
-                "DELETE FROM outbox WHERE file_id = ? AND action = 'push' AND state IN (?, ?, ?)",
-                (file_id, QUEUED, HELD, FAILED),
-            )
+            _drop_unsent(db, file_id, "push")
 
     def push_queued(self, file_id: int) -> bool:
         """Whether a push of the file waits to be sent or is on its way."""
