@@ -33,6 +33,11 @@ def _folder_and_config(tmp_path: Path, emulator: Emulator, **rules: object) -> t
     return folder, write_config(tmp_path / "c.yaml", emulator, [entry], state_dir=tmp_path / "state")
 
 
+def _stem_named_sidecars(tmp_path: Path, emulator: Emulator) -> tuple[Path, Path]:
+    """A folder whose sidecars are named `{stem}.txt`: cat.png and cat.gif would share cat.txt."""
+    return _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.txt", "format": "txt"})
+
+
 def test_a_name_that_is_not_utf8_is_skipped_with_a_warning_by_the_daemon_and_by_sync(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
@@ -111,7 +116,7 @@ def test_a_sidecar_name_that_cannot_be_made_fails_the_file_not_the_daemon(
 def test_two_images_never_share_a_sidecar_and_a_deletion_keeps_the_others(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.txt", "format": "txt"})
+    folder, config = _stem_named_sidecars(tmp_path, emulator)
     (folder / "cat.png").write_bytes(png(10, 10))
     assert run_cli("sync", "-c", str(config)).returncode == 0
     link = (folder / "cat.txt").read_text(encoding="utf-8")
@@ -132,7 +137,7 @@ def test_two_files_naming_one_sidecar_at_once_publish_one_and_the_other_retried_
     tmp_path: Path, emulator: Emulator
 ) -> None:
     """Taken in together, both are uploaded at once; one of them gets cat.txt."""
-    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.txt", "format": "txt"})
+    folder, config = _stem_named_sidecars(tmp_path, emulator)
     (folder / "cat.png").write_bytes(png(10, 10))
     (folder / "cat.gif").write_bytes(gif(11, 11))
     assert run_cli("sync", "-c", str(config)).returncode == 1
@@ -168,7 +173,7 @@ def test_a_name_too_long_for_its_sidecar_is_refused_before_its_upload_and_a_rena
 def test_a_file_that_failed_after_its_upload_is_published_by_a_rename_without_a_second_upload(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
-    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.txt", "format": "txt"})
+    folder, config = _stem_named_sidecars(tmp_path, emulator)
     (folder / "cat.png").write_bytes(png(10, 10))
     assert run_cli("sync", "-c", str(config)).returncode == 0
     daemon = start_daemon(config)
@@ -313,7 +318,7 @@ def test_a_kill_right_after_a_failed_file_is_renamed_still_publishes_it_under_it
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     """The rename and the sidecar retry it calls for are one transaction."""
-    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.txt", "format": "txt"})
+    folder, config = _stem_named_sidecars(tmp_path, emulator)
     (folder / "cat.png").write_bytes(png(10, 10))
     assert run_cli("sync", "-c", str(config)).returncode == 0
     (folder / "cat.gif").write_bytes(gif(11, 11))  # uploaded, then failed: cat.txt is cat.png's
@@ -330,7 +335,7 @@ def test_a_kill_right_after_a_failed_file_is_renamed_still_publishes_it_under_it
 def test_a_file_moved_onto_a_sidecar_name_already_taken_keeps_no_sidecar_of_its_old_name(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    folder, config = _folder_and_config(tmp_path, emulator, sidecar={"name": "{stem}.txt", "format": "txt"})
+    folder, config = _stem_named_sidecars(tmp_path, emulator)
     (folder / "cat.png").write_bytes(png(10, 10))
     (folder / "dog.gif").write_bytes(gif(11, 11))
     now = [time.time()]
