@@ -65,6 +65,26 @@ def _pushes(emulator: Emulator) -> list[tuple[str, str]]:
     ]
 
 
+def _renamed_while_its_push_waits(
+    emulator: Emulator, start_daemon: StartDaemon, config: Path, src: Path, dest: Path
+) -> None:
+    """Publish `src` with today's Baidu quota used up, so that its push waits for tomorrow,
+    and rename it `dest` meanwhile."""
+    emulator.set_faults(baidu_quota=0)
+    start_daemon(config)
+    src.write_bytes(png(10, 10))
+    wait_for(lambda: any(c.errno == 301002 for c in emulator.baidu_calls()), timeout=20)
+    os.rename(src, dest)
+    wait_for(lambda: sidecar_of(dest).exists(), timeout=20)
+
+
+def _pushes_in_the_outbox(state: Path) -> list[tuple[str, str | None]]:
+    """(state, title) of every push in the journal's outbox (no title: a sent one, kept as a refresh)."""
+    with sqlite3.connect(state / "journal.sqlite3") as db:
+        rows = db.execute("SELECT state, payload FROM outbox WHERE action = 'push' ORDER BY id").fetchall()
+    return [(state, json.loads(payload)["title"] if payload else None) for state, payload in rows]
+
+
 def test_a_rename_while_the_upload_is_in_flight_moves_the_sidecar_with_it(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
@@ -395,14 +415,8 @@ def test_a_file_moved_to_drafts_before_its_push_went_out_is_not_submitted(
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     drafts, public, state, config = _drafts_and_public(tmp_path, emulator)
-    emulator.set_faults(baidu_quota=0)  # today's quota is used up: the push waits for tomorrow
-    start_daemon(config)
-    (public / "cat.png").write_bytes(png(10, 10))
-    wait_for(lambda: any(c.errno == 301002 for c in emulator.baidu_calls()), timeout=20)
-    os.rename(public / "cat.png", drafts / "cat.png")
-    wait_for(lambda: sidecar_of(drafts / "cat.png").exists(), timeout=20)
-    with sqlite3.connect(state / "journal.sqlite3") as db:
-        assert db.execute("SELECT COUNT(*) FROM outbox WHERE action = 'push'").fetchone()[0] == 0
+    _renamed_while_its_push_waits(emulator, start_daemon, config, public / "cat.png", drafts / "cat.png")
+    assert _pushes_in_the_outbox(state) == []
 
 
 def test_a_file_rewritten_while_its_first_upload_runs_leaves_baidu_with_the_new_image(
@@ -550,15 +564,10 @@ def test_a_file_renamed_while_its_push_waits_for_the_quota_goes_to_baidu_under_i
     tmp_path: Path, emulator: Emulator, start_daemon: StartDaemon
 ) -> None:
     (folder,), state, config = _watched(tmp_path, emulator, "w")
-    emulator.set_faults(baidu_quota=0)  # today's quota is used up: pushes wait for tomorrow
-    start_daemon(config)
-    (folder / "IMG_0412.png").write_bytes(png(10, 10))
-    wait_for(lambda: any(c.errno == 301002 for c in emulator.baidu_calls()), timeout=20)
-    os.rename(folder / "IMG_0412.png", folder / "harbour at dawn.png")
-    wait_for(lambda: sidecar_of(folder / "harbour at dawn.png").exists(), timeout=20)
-    with sqlite3.connect(state / "journal.sqlite3") as db:
-        queued = db.execute("SELECT state, payload FROM outbox WHERE action = 'push'").fetchall()
-    assert [(s, json.loads(p)["title"]) for s, p in queued] == [("queued", "harbour at dawn")]
+    _renamed_while_its_push_waits(
+        emulator, start_daemon, config, folder / "IMG_0412.png", folder / "harbour at dawn.png"
+    )
+    assert _pushes_in_the_outbox(state) == [("queued", "harbour at dawn")]
 
 
 def test_a_directory_moved_to_another_watched_folder_is_moved_not_uploaded_again(
