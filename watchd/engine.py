@@ -762,6 +762,10 @@ class Engine:
             self.notifier.status(self._status_line())
 
     def _idle(self, now: float) -> bool:
+        """Whether a sync is done. Not while facts wait in the queue: a turn that ran out of
+        its budget leaves them there, and one may be a rescan that finds more work."""
+        if not self._facts.empty():
+            return False
         if self.workers.in_flight or self._take_ins_queued or self._settler or self._departing(now):
             return False
         due = self.journal.next_due_time()
@@ -790,6 +794,7 @@ class Engine:
 
             self._drain = threading.Thread(target=drain, name="baidu-drain", daemon=True)
             self._drain.start()
+            return False  # not even if it is over already: what it set off waits for the loop
         if self._drain.is_alive():
             return False
         if self._drain_error is not None:
