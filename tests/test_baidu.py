@@ -433,6 +433,8 @@ def test_make_title(rendered: str, folder: str, title: str) -> None:
         ("http://example.com/a%2", "http://example.com/a%252"),
         ("  http://example.com/x\n", "http://example.com/x"),
         ("http://example.com/a\tb", "http://example.com/a%09b"),
+        ("http://example.com/a\x7fb\x01", "http://example.com/a%7Fb%01"),
+        ("http://example.com/a b", "http://example.com/a%20b"),
         ("http://пример.рф/путь", "http://xn--e1afmkfd.xn--p1ai/%D0%BF%D1%83%D1%82%D1%8C"),
         ("http://user@пример.рф:8080/", "http://user@xn--e1afmkfd.xn--p1ai:8080/"),
         ("http://[broken/猫", "http://[broken/%E7%8C%AB"),
