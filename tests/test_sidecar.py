@@ -182,6 +182,16 @@ def test_write_atomic_creates_and_replaces(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("stem", ["猫" * 81, "c" * 240, "😀" * 61], ids=["cjk", "ascii", "emoji"])
+def test_write_atomic_takes_names_up_to_name_max_bytes(tmp_path: Path, stem: str) -> None:
+    """The temp file's name is longer than the sidecar's: cut (on a character boundary) to fit."""
+    for name in (f"{stem}.link.json", f"{stem[:3]}.link.json"):
+        target = tmp_path / name
+        write_atomic(target, "text\n")
+        assert target.read_text(encoding="utf-8") == "text\n"
+    assert leftovers(tmp_path) == []
+
+
 def test_failed_rename_keeps_the_old_sidecar_and_removes_the_temp(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

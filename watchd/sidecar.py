@@ -173,6 +173,8 @@ def _temp_name(name: str, suffix: str) -> str:
     """`.{name}{suffix}`, with `name` cut short enough (on a character boundary) that the temp
     name fits where the sidecar's own name fits: in NAME_MAX (255) bytes."""
     room = NAME_MAX - 1 - len(suffix.encode())
+    if len(os.fsencode(name)) <= room:
+        return f".{name}{suffix}"
     kept = 0
     for end, character in enumerate(name):
         kept += len(os.fsencode(character))
