@@ -190,6 +190,8 @@ def test_quota_pauses_baidu_until_the_reset_then_resumes(
     assert engine.sync() == 0
     stored = emulator.baidu_index()
     assert len(stored) == 6
+    # A push the quota refused stored nothing: sent again, it is a first submission, not a `modify`.
+    assert {item["extra"]["modify"] for call in pushes(emulator) for item in call.items} == {"0"}
 
 
 def test_one_refused_item_among_20_fails_alone_and_the_19_others_go_through(
@@ -511,6 +513,7 @@ def test_refused_submissions_name_their_files_and_are_retried_one_by_one(
     assert retried.returncode == 0 and "1 queued again" in retried.stdout, retried.stderr
     run_cli("sync", "-c", str(config))
     assert [item["title"] for item in emulator.baidu_index().values()] == ["forbidden03 in high resolution"]
+    assert pushes(emulator)[-1].items[0]["extra"]["modify"] == "0", "Baidu stored nothing of it before"
     assert json.loads(run_cli("status", "-c", str(config), "--json").stdout)["baidu_failures_total"] == 21
 
 

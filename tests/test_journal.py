@@ -222,6 +222,22 @@ def test_baidu_may_hold_an_id_from_the_moment_its_push_is_marked_sending(journal
     assert journal.get_by_id(row.id).baidu_may_hold == 0  # type: ignore[union-attr]
 
 
+def test_a_refused_push_leaves_its_file_held_by_baidu_only_if_another_push_may_have_reached_it(
+    journal: Journal,
+) -> None:
+    row, first = _queued_push(journal)
+    journal.mark_sending([first.id])
+    journal.pushes_refused([first.id])  # answered "quota used up": Baidu stored nothing
+    assert journal.get_by_id(row.id).baidu_may_hold == 0  # type: ignore[union-attr]
+    journal.outbox_retry([first.id], "quota", 0.0)
+    journal.mark_sending([first.id])  # sent again; a reload's second batcher sends a newer push
+    journal.record_published(row.id, UPLOAD, "/w/a.png.link.json", {"id": row.baidu_id, "title": "b"})
+    (second,) = journal.due_outbox("push", now=1e12, limit=20)
+    journal.mark_sending([second.id])
+    journal.pushes_refused([first.id])  # the first is refused, but the second may be stored
+    assert journal.get_by_id(row.id).baidu_may_hold == 1  # type: ignore[union-attr]
+
+
 def test_a_push_queued_while_the_files_first_push_is_in_flight_is_sent_as_a_modification(
     journal: Journal,
 ) -> None:

@@ -219,13 +219,19 @@ class BaiduBatcher:
         except ServiceError as exc:
             if quota is not None and not exc.may_have_used_quota:
                 self.quota.give_back(quota, len(ids))  # counted in `mark_sending`, refused or never sent
+                self.journal.pushes_refused([i for i in ids if i not in modifies])
             self._call_failed(action, rows, exc)
             return
         self.pipeline.retry.note_success(SERVICE)
         if quota is not None:
-            refused = sum(1 for result in results if result.error and not result.error.may_have_used_quota)
+            refused = [
+                row.id
+                for row, result in zip(rows, results, strict=True)
+                if result.error and not result.error.may_have_used_quota
+            ]
             if refused:
-                self.quota.give_back(quota, refused)
+                self.quota.give_back(quota, len(refused))
+                self.journal.pushes_refused([i for i in refused if i not in modifies])
         self._record(action, rows, results)
 
     def _call_failed(self, action: str, rows: list[OutboxRow], exc: ServiceError) -> None:

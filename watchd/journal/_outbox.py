@@ -184,6 +184,20 @@ class Outbox(Store):
                 count_quota(db, *quota, len(ids))
         return marked, modifies
 
+    def pushes_refused(self, ids: Collection[int]) -> None:
+        """Baidu answered these pushes (outbox ids, none of them a modification) with an error
+        that stores nothing: their files are again ones Baidu does not hold, as before
+        `mark_sending` assumed the worst, so their next push says "0", not `modify`.
+        Not while another push of the same file is on its way (a reload's second batcher)."""
+        with self._write() as db:
+            db.executemany(
+                "UPDATE files SET baidu_may_hold = 0 WHERE pushed_at IS NULL "
+                "AND id = (SELECT file_id FROM outbox WHERE id = ? AND action = 'push') "
+                "AND NOT EXISTS (SELECT 1 FROM outbox AS other WHERE other.file_id = files.id "
+                "AND other.action = 'push' AND other.state = ? AND other.id != ?)",
+                [(i, SENDING, i) for i in ids],
+            )
+
     def outbox_sent(self, rows: Sequence[OutboxRow], when: str, refresh: Collection[int] = ()) -> None:
         """Baidu has these items (or, for deletes, no longer has them): one transaction.
 
