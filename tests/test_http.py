@@ -23,7 +23,7 @@ from tests.imagegen import png
 from watchd import transport as transport_module
 from watchd.emulator import DEMO_SECRET_KEY, Emulator
 from watchd.http import HttpClient, ProxyUnreachable, network_error
-from watchd.transport import JOIN_BODY_BELOW, PIECE, PooledTransport
+from watchd.transport import IDEMPOTENT, JOIN_BODY_BELOW, PIECE, PooledTransport
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -115,7 +115,36 @@ def test_a_connection_the_server_closed_is_not_reused(client: HttpClient) -> Non
     for url, seen in serve(ClosesAfterEachAnswer):
         for _ in range(3):
             assert client.post(url, headers={}, content=b"x").status_code == 200
+            time.sleep(0.05)  # the server's close arrives: found before sending, not after
         assert len({record["port"] for record in seen}) == 3
+
+
+class HangsUpOnTheSecondRequest(Recorder):
+    """Answers on a kept-alive connection, then reads the second request whole, counts it as
+    carried out and hangs up without an answer (a server that crashed, or lost its answer)."""
+
+    def do_POST(self) -> None:
+        if len(self.seen) != 1:
+            super().do_POST()
+            return
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.seen.append({"port": self.client_address[1], "lost": True})
+        self.close_connection = True
+
+
+def test_a_request_the_server_may_have_carried_out_is_sent_again_only_if_idempotent(
+    client: HttpClient,
+) -> None:
+    for url, seen in serve(HangsUpOnTheSecondRequest):  # an upload: stored twice if sent again
+        client.post(url, headers={}, content=b"first")
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.post(url, headers={}, content=b"upload")
+        assert len(seen) == 2
+    for url, seen in serve(HangsUpOnTheSecondRequest):  # a Baidu call: a second time does no harm
+        client.post(url, headers={}, content=b"first")
+        answer = client.post(url, headers={}, content=b"push", extensions={IDEMPOTENT: True})
+        assert answer.status_code == 200 and len(seen) == 3
+        assert seen[1]["port"] == seen[0]["port"] != seen[2]["port"]  # the kept-alive one, then a new one
 
 
 def test_a_large_body_is_streamed_whole(

@@ -53,6 +53,7 @@ class HttpPoster(Protocol):
         data: Mapping[str, str] | None = None,
         files: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        extensions: Mapping[str, Any] | None = None,
     ) -> httpx.Response: ...
 
 
@@ -102,8 +103,10 @@ class HttpClient:
         data: Mapping[str, str] | None = None,
         files: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        extensions: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
-        """Send one POST and return its whole response.
+        """Send one POST and return its whole response. `extensions` go to the transport as
+        httpx's do (e.g. `IDEMPOTENT`: a request that may be sent again after a lost answer).
 
         httpx's exceptions pass through, except that failing to connect to a proxy raises
         `ProxyUnreachable` (a TLS failure through it is the service's, and passes through).
@@ -121,7 +124,7 @@ class HttpClient:
             content=content,
             data=data,
             files=files,
-            extensions={"timeout": timeouts},
+            extensions={**(extensions or {}), "timeout": timeouts},
         )
         transport, proxy_key = self._transport_for(request.url)
         try:

@@ -46,6 +46,9 @@ MAX_BODY = 16 * 1024 * 1024  # the services answer a few hundred bytes of JSON; 
 _DECODERS = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 
+IDEMPOTENT = "watchd.idempotent"  # request extension: True if carrying it out twice does no harm
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
 _Origin = tuple[str, str, int]
 # The step a failure happened in. It says what the server can have seen: nothing (connect),
 # part of the request (write), or all of it, which it may have carried out (read).
@@ -103,8 +106,20 @@ class _Connection:
         self.sock.close()
 
 
+def replayable(request: httpx.Request) -> bool:
+    """Whether `request` may be sent again after the server received it whole and hung up:
+    an idempotent method, or a POST its sender marked idempotent (`IDEMPOTENT` extension).
+
+    A server that closed an idle kept-alive connection just as a request went out looks the
+    same on the wire as one that carried the request out and died before answering; an
+    upload sent again then would be stored twice (RFC 9110, 9.2.2).
+    """
+    return request.method in _IDEMPOTENT_METHODS or request.extensions.get(IDEMPOTENT) is True
+
+
 class _StaleConnection(Exception):
-    """A reused connection died before any answer: the request can be sent again.
+    """A reused connection died before any answer: the request can be sent again, if the
+    server cannot have received it whole or may carry it out twice (`replayable`).
 
     `stage` is the step it died in (see `_raise_translated`), should it die again."""
 
@@ -205,7 +220,8 @@ class PooledTransport(httpx.BaseTransport):
             content, headers = _decoded(content, headers)
         except Exception as exc:
             connection.close()
-            if not answered and not body.streamed and isinstance(exc, _DEAD_CONNECTION):
+            resendable = stage == "write" or replayable(request)
+            if not answered and not body.streamed and isinstance(exc, _DEAD_CONNECTION) and resendable:
                 raise _StaleConnection(exc, stage) from exc
             _raise_translated(exc, request, stage)
         except BaseException:

@@ -33,6 +33,7 @@ from watchd.errors import (
 from watchd.http import HttpPoster, network_error
 from watchd.indexers.base import ItemResult, PushItem
 from watchd.retry import parse_retry_after
+from watchd.transport import IDEMPOTENT
 
 DEFAULT_API_BASE = "https://baijiahao.baidu.com/builderinner/open/resource/image"
 SERVICE = "baidu"
@@ -278,7 +279,12 @@ class BaiduIndexer:
         where = f"{self._where}/{endpoint}"
         url = f"{self._api_base}/{endpoint}"
         try:
-            return self._client.post(url, content=content, headers=headers, timeout=self._timeout)
+            # Idempotent: Baidu counts an item it already has as done (301003), so a call whose
+            # kept-alive connection died under it is sent again at once.
+            extensions = {IDEMPOTENT: True}
+            return self._client.post(
+                url, content=content, headers=headers, timeout=self._timeout, extensions=extensions
+            )
         except httpx.HTTPError as exc:
             reason = str(exc).replace(self._app_token, "***")
             raise network_error(exc, where=where, reason=reason, service=SERVICE) from exc
