@@ -239,6 +239,7 @@ def test_429_honours_retry_after() -> None:
     with pytest.raises(TransientError) as caught:
         indexer(fake).push([item(1)])
     assert (caught.value.code, caught.value.retry_after) == ("429", 30.0)
+    assert not caught.value.may_have_used_quota  # turned away: the day's quota is untouched
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])

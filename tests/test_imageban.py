@@ -475,7 +475,7 @@ def test_emulator_quota(
 @pytest.mark.parametrize(
     ("faults", "code", "retry_after", "unanswered"),
     [
-        ({"http_error_rate": 1.0, "retry_after": 0.2}, "429", 0.2, False),
+        ({"http_error_rate": 1.0, "retry_after": 0.2}, "429", 0.2, False),  # turned away: no quota used
         ({"transient_rate": 1.0}, "104", None, False),
         ({"drop_rate": 1.0}, "", None, True),  # read whole, then hung up on: may have been stored
     ],
@@ -494,6 +494,7 @@ def test_emulator_faults_are_transient(
         emulated(emulator, http, secret_key="demo-secret").upload(UploadRequest(image, "cat.png"))
     assert (caught.value.code, caught.value.retry_after) == (code, retry_after)
     assert caught.value.unanswered is unanswered
+    assert caught.value.may_have_used_quota is unanswered  # an answer, even 429, says nothing was stored
 
 
 def test_emulator_5xx_then_recovery_through_the_retry_wrapper(

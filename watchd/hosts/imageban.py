@@ -174,7 +174,10 @@ class ImageBanHost:
             cls, meaning = _HTTP_STATUS.get(status, (TransientError, f"HTTP {status} from ImageBan"))
             if cls is TransientError:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                raise TransientError(meaning, service=self.service, code=str(status), retry_after=retry_after)
+                refused = status == 429  # turned away unread; a 5xx may come after the work
+                raise TransientError(
+                    meaning, service=self.service, code=str(status), retry_after=retry_after, refused=refused
+                )
             raise cls(self._advised(meaning, str(status)), service=self.service, code=str(status))
         if not isinstance(body, dict):
             raise self._malformed("not a JSON object")

@@ -330,7 +330,10 @@ def _without_errno(response: httpx.Response) -> ServiceError:
     cls, meaning = _HTTP_STATUS.get(status, (TransientError, f"HTTP {status} from Baidu"))
     if cls is TransientError:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        return TransientError(meaning, service=SERVICE, code=str(status), retry_after=retry_after)
+        refused = status == 429  # turned away unread; a 5xx may come after the work
+        return TransientError(
+            meaning, service=SERVICE, code=str(status), retry_after=retry_after, refused=refused
+        )
     return cls(meaning, service=SERVICE, code=str(status))
 
 
