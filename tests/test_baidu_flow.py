@@ -89,6 +89,23 @@ def test_45_images_are_pushed_once_each_in_batches_of_20_20_5(
     assert daemon.stop() == 0
 
 
+def test_a_files_name_in_fromurl_is_percent_encoded_as_text_not_read_as_url_syntax(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    folder = tmp_path / "gallery"
+    (folder / "new & old").mkdir(parents=True)
+    rules = {"fromurl": "https://example.com/{relpath}?from=watchd"}
+    config = write_config(
+        tmp_path / "config.yaml", emulator, [{"path": folder, "rules": rules}], state_dir=tmp_path / "s"
+    )
+    (folder / "new & old" / "котик #1 50%20off.png").write_bytes(png(3, 3))
+    assert run_cli("sync", "-c", str(config)).returncode == 0
+    (item,) = pushes(emulator)[0].items
+    assert item["fromurl"] == (
+        "https://example.com/new%20&%20old/%D0%BA%D0%BE%D1%82%D0%B8%D0%BA%20%231%2050%2520off.png?from=watchd"
+    )
+
+
 def test_modify_rename_and_delete(
     setup: tuple[Path, Path, Path], emulator: Emulator, start_daemon: StartDaemon
 ) -> None:

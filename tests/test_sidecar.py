@@ -19,7 +19,7 @@ from watchd.sidecar import (
     sidecar_path,
     write_atomic,
 )
-from watchd.templates import KNOWN_PLACEHOLDERS, file_context, render, validate
+from watchd.templates import KNOWN_PLACEHOLDERS, file_context, render, url_context, validate
 
 LINK = "https://i2.imageban.ru/out/2024/01/01/abc.png"
 SHORT = "http://ibn.im/i/JTXBeN4"
@@ -56,6 +56,15 @@ def test_file_context(tmp_path: Path) -> None:
     assert file_context(tmp_path / "README", tmp_path)["ext"] == ""
     with pytest.raises(ValueError):
         file_context(Path("/elsewhere/x.png"), tmp_path)
+
+
+def test_url_context_keeps_a_files_name_out_of_url_syntax(tmp_path: Path) -> None:
+    context = file_context(tmp_path / "new & old" / "котик #1 50%20off?.png", tmp_path)
+    context.update(link="https://i.example/a%20b.png?x=1", id="AbC1")
+    encoded = url_context(context)
+    assert encoded["relpath"] == "new%20&%20old/%D0%BA%D0%BE%D1%82%D0%B8%D0%BA%20%231%2050%2520off%3F.png"
+    assert encoded["folder"] == "new%20&%20old" and encoded["ext"] == "png"
+    assert (encoded["link"], encoded["id"]) == (context["link"], context["id"])  # URLs already
 
 
 def test_render_placeholders_and_literal_braces() -> None:

@@ -11,10 +11,16 @@ from __future__ import annotations
 import string
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 KNOWN_PLACEHOLDERS: frozenset[str] = frozenset(
     {"name", "stem", "ext", "folder", "relpath", "link", "short_link", "id"}
 )
+
+# The placeholders `file_context` fills from a file's name and place: text, not URL syntax.
+FILE_PLACEHOLDERS: frozenset[str] = frozenset({"name", "stem", "ext", "folder", "relpath"})
+# What may stay as it is in a URL path (RFC 3986 `pchar`, and "/" between segments).
+_PATH_SAFE = "/!$&'()*+,;=:@~"
 
 _FORMATTER = string.Formatter()
 
@@ -69,4 +75,14 @@ def file_context(path: Path, folder_root: Path) -> dict[str, str]:
         "ext": path.suffix[1:],
         "folder": path.parent.name,
         "relpath": path.relative_to(folder_root).as_posix(),
+    }
+
+
+def url_context(context: Mapping[str, str]) -> dict[str, str]:
+    """`context` for a URL template (`fromurl`): the file placeholders percent-encoded as a
+    URL path, so a "#", "?" or "%" in a file's name stays part of the name ("50%20off.png"
+    is "50%2520off.png", not "50 off.png"); links and ids are URLs or plain already."""
+    return {
+        key: quote(value, safe=_PATH_SAFE) if key in FILE_PLACEHOLDERS else value
+        for key, value in context.items()
     }
