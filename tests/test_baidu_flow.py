@@ -211,6 +211,51 @@ def test_quota_pauses_baidu_until_the_reset_then_resumes(
     assert {item["extra"]["modify"] for call in pushes(emulator) for item in call.items} == {"0"}
 
 
+def test_baidus_unpublished_daily_quota_is_learned_from_its_refusals_and_used_to_the_last_unit(
+    tmp_path: Path,
+) -> None:
+    now = [1_800_000_000.0]  # 12:00 in Shanghai
+    folder = tmp_path / "public"
+    folder.mkdir()
+    with Emulator(clock=lambda: now[0]) as emulator:
+        emulator.set_faults(baidu_quota=25)
+        config = write_config(
+            tmp_path / "config.yaml", emulator, [{"path": folder}], state_dir=tmp_path / "s"
+        )
+
+        def sync_day(first: int, count: int) -> list[tuple[int, int]]:
+            """(items, errno) of the pushPic calls of one sync of `count` new images."""
+            calls = len(pushes(emulator))
+            for n in range(first, first + count):
+                (folder / f"img{n:02d}.png").write_bytes(png(n + 1, 3))
+            Engine(load_settings(config), clock=lambda: now[0], sleep=lambda _s: None).sync()
+            return [(len(c.items), c.errno) for c in pushes(emulator)[calls:]]
+
+        # Day 1: a call refused as over the quota is halved until the last unit is used.
+        assert sync_day(0, 45) == [(20, 0), (20, 301002), (10, 301002), (5, 0), (2, 301002), (1, 301002)]
+        assert len(emulator.baidu_index()) == 25
+        status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+        assert status["baidu"]["learned_quota"] == 25 and status["baidu"]["daily_quota"] is None
+        assert "(learned)" in run_cli("status", "-c", str(config)).stdout
+        # Day 2: calls end on the learned quota; one item is tried past it, in case it grew.
+        now[0] += 86400
+        assert sync_day(45, 10) == [(20, 0), (5, 0), (1, 301002)]
+        # Day 3: the quota grew to 30; what Baidu takes past 25 is learned again.
+        now[0] += 86400
+        emulator.set_faults(baidu_quota=30)
+        taken_past_learned = [(20, 0), (5, 0), (1, 0)]  # 26 of 30: the quota is not known from here
+        assert sync_day(55, 40) == [
+            *taken_past_learned,
+            (19, 301002),
+            (9, 301002),
+            (4, 0),
+            (2, 301002),
+            (1, 301002),
+        ]
+        status = json.loads(run_cli("status", "-c", str(config), "--json").stdout)
+        assert status["baidu"]["learned_quota"] == 30 and len(emulator.baidu_index()) == 25 + 25 + 30
+
+
 def test_one_refused_item_among_20_fails_alone_and_the_19_others_go_through(
     setup: tuple[Path, Path, Path], emulator: Emulator
 ) -> None:

@@ -292,6 +292,7 @@ def test_status_json_has_a_stable_schema(tmp_path: Path, emulator: Emulator) -> 
     assert set(status["baidu"]) == {
         "submitted_today",
         "daily_quota",
+        "learned_quota",
         "resets_at",
         "queue_push",
         "queue_delete",

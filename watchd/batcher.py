@@ -41,7 +41,7 @@ from watchd.errors import (
 from watchd.indexers.base import Indexer, ItemResult, PushItem
 from watchd.journal import DONE, FileRow, Journal, OutboxRow
 from watchd.pipeline import Pipeline, utc_now
-from watchd.quota import QuotaGate
+from watchd.quota import DailyRoom, QuotaGate
 from watchd.schema import DAILY_QUOTA, REFRESH
 from watchd.sidecar import SHOWS_BAIDU
 
@@ -71,6 +71,7 @@ class BaiduBatcher:
         self.indexer = indexer
         self.pipeline = pipeline
         self.quota = quota
+        self.room = DailyRoom(journal, SERVICE, quota.tz, clock, indexer.max_push)
         self.linger = linger
         self.clock = clock
         self._wake = threading.Event()
@@ -185,11 +186,13 @@ class BaiduBatcher:
         return 0.0
 
     def _push_limit(self) -> int:
-        """Items for the next pushPic: a full call, or what is left of today's quota, so the
-        last units of a day are used. With none left, a full call's worth is picked anyway
+        """Items for the next pushPic: a full call, or what is left of today's quota (the one
+        configured, or the one Baidu's answers tell: `DailyRoom`), so the last units of a day
+        are used. With none left of the configured one, a full call's worth is picked anyway
         and `_send` pauses Baidu for them."""
         room = self.quota.room()
-        return self.indexer.max_push if not room else min(room, self.indexer.max_push)
+        limit = self.indexer.max_push if not room else min(room, self.indexer.max_push)
+        return min(limit, self.room.size())
 
     def _send(self, action: str, rows: list[OutboxRow]) -> None:
         ids = [row.id for row in rows]
@@ -233,6 +236,14 @@ class BaiduBatcher:
                 self.quota.give_back(quota, len(refused))
                 self.journal.pushes_refused([i for i in refused if i not in modifies])
         self._record(action, rows, results)
+        taken = sum(
+            1 for result in results if result.error is None or isinstance(result.error, AlreadyDoneError)
+        )
+        if action == "push" and not self.room.taken(taken):
+            learned = (
+                f"Baidu's daily quota of {self.room.learned} images (learned from its answers) is used up"
+            )
+            self._pause_for_quota([], learned)
 
     def _call_failed(self, action: str, rows: list[OutboxRow], exc: ServiceError) -> None:
         """A whole call failed: pause for a quota or configuration answer, else back off."""
@@ -240,8 +251,16 @@ class BaiduBatcher:
         if self.pipeline.superseded and isinstance(exc, ConfigurationError):  # the token a reload replaced
             self.journal.outbox_retry(ids, str(exc), 0.0)
             log.warning("Baidu %s, sent before the reload, was refused: %s; tried again", action, exc)
+        elif isinstance(exc, QuotaError) and action == "push" and self.room.refused(len(rows)):
+            self.journal.outbox_retry(ids, str(exc), 0.0)
+            log.info("Baidu refused %d images as over today's quota; trying %d", len(rows), self.room.size())
         elif isinstance(exc, QuotaError):
-            self._pause_for_quota(ids, str(exc))
+            learned = (
+                f" after {self.room.learned} images today, learned as its daily quota"
+                if action == "push"
+                else ""
+            )
+            self._pause_for_quota(ids, f"{exc}{learned}")
         elif isinstance(exc, ConfigurationError):
             reason = f"{exc}; Baidu goes on {AFTER_THE_CONFIG_IS_FIXED}"
             self.journal.pause(SERVICE, "configuration", None, reason)

@@ -135,3 +135,72 @@ class QuotaGate:
 
     def reset_at(self) -> float:
         return next_reset(self.tz, self.clock())
+
+
+class DailyRoom:
+    """How many items the next call to a service with an unpublished daily quota (Baidu) may
+    carry, learned from its "quota used up" answers, which refuse a whole call.
+
+    Refused with `n` items, fewer than `n` are left today: the next call carries half as
+    many, and so on down to one, so the day's last units are used (a quota of 25 takes 20,
+    then 5, not 20 and a refusal). A call of one refused, or the units known to be left all
+    taken, ends the day; what was taken by then is the quota learned (kept in the journal).
+    On later days calls are sized to end on the learned quota, and one item is tried past
+    it: taken, the quota has grown and is learned again; refused, the day is over after a
+    single refusal of one item.
+    """
+
+    def __init__(
+        self, journal: Journal, service: str, tz: str, clock: Callable[[], float], largest: int
+    ) -> None:
+        self.journal = journal
+        self.service = service
+        self.tz = tz
+        self.clock = clock
+        self.largest = largest
+        self.learned = journal.learned_quota(service)
+        self._day = ""
+        self._left: int | None = None  # most units that can be left today, after a refusal
+        self._past_learned = False  # Baidu took more today than the learned quota
+
+    def size(self) -> int:
+        """Items for the next call (the largest call when nothing limits it)."""
+        day = self._today()
+        if self._left is not None:
+            return min(self.largest, max(1, (self._left + 1) // 2))
+        if self.learned is not None and not self._past_learned:
+            return min(self.largest, max(1, self.learned - self.journal.quota_used(self.service, day)))
+        return self.largest
+
+    def refused(self, n: int) -> bool:
+        """A call of `n` items was refused as over the quota. True if a smaller call may still
+        fit today; False if the day's quota is used up (and now learned)."""
+        day = self._today()
+        self._left = n - 1 if self._left is None else min(self._left, n - 1)
+        if self._left > 0:
+            return True
+        self._learn(day)
+        return False
+
+    def taken(self, n: int) -> bool:
+        """A call's `n` items were taken. False if that provably used up the day's quota
+        (and it is now learned)."""
+        day = self._today()
+        if self._left is not None:
+            self._left -= n
+            if self._left <= 0:
+                self._learn(day)
+                return False
+        elif self.learned is not None and self.journal.quota_used(self.service, day) > self.learned:
+            self._past_learned = True  # learned again when Baidu next says the quota is used up
+        return True
+
+    def _learn(self, day: str) -> None:
+        self.learned = self.journal.quota_used(self.service, day)
+        self.journal.learn_quota(self.service, day, self.learned)
+
+    def _today(self) -> str:
+        day = day_key(self.tz, self.clock())
+        if day != self._day:
+            self._day, self._left, self._past_learned = day, None, False
+        return day

@@ -55,6 +55,7 @@ def build_status(settings: Settings, journal: Journal, now: float | None = None)
         baidu = {
             "submitted_today": journal.quota_used(BAIDU, day_key(tz, now)),
             "daily_quota": settings.baidu.daily_quota,
+            "learned_quota": journal.learned_quota(BAIDU),  # from its "quota used up" answers
             "resets_at": _iso(next_reset(tz, now)),
             "queue_push": journal.outbox_depth("push"),
             "queue_delete": journal.outbox_depth("delete"),
@@ -171,7 +172,7 @@ def render_status(status: dict[str, Any], console: Console, config: Path | None)
             "baidu",
             "app",
             str(baidu["submitted_today"]),
-            str(baidu["daily_quota"] or "unknown"),
+            _baidu_quota(baidu),
             baidu["resets_at"],
             f"{baidu['queue_push']} push / {baidu['queue_delete']} delete",
             _state(baidu["paused"]),
@@ -221,3 +222,10 @@ def _state(pause: dict[str, Any] | None) -> str:
         return "[green]active[/green]"
     until = f" until {pause['until']}" if pause["until"] else " until the config is fixed and reloaded"
     return f"[red]paused ({pause['kind']}){until}[/red]: {pause['reason']}"
+
+
+def _baidu_quota(baidu: dict[str, Any]) -> str:
+    """The configured daily quota, else the one learned from Baidu's answers."""
+    if baidu["daily_quota"]:
+        return str(baidu["daily_quota"])
+    return f"{baidu['learned_quota']} (learned)" if baidu["learned_quota"] else "unknown"

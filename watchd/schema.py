@@ -89,6 +89,9 @@ MIGRATIONS: tuple[str, ...] = (
     DELETE FROM outbox
         WHERE action = 'push' AND file_id IN (SELECT id FROM files WHERE state = 'deleted');
     """,
+    # A daily quota learned from the service's "quota used up" answers (Baidu publishes none):
+    # what it had taken that day when it said so (see `watchd.quota.DailyRoom`).
+    "ALTER TABLE quota ADD COLUMN learned INTEGER",
 )
 
 # File states.

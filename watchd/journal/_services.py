@@ -76,3 +76,22 @@ class Services(Store):
                 "SELECT used FROM quota WHERE service = ? AND day = ?", (service, day)
             ).fetchone()
         return int(row[0]) if row else 0
+
+    def learn_quota(self, service: str, day: str, limit: int) -> None:
+        """The service said its quota was used up on `day` after taking `limit` sends."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO quota (service, day, used, learned) VALUES (?, ?, 0, ?) "
+                "ON CONFLICT (service, day) DO UPDATE SET learned = excluded.learned",
+                (service, day, limit),
+            )
+
+    def learned_quota(self, service: str) -> int | None:
+        """The daily quota last learned for `service` (`learn_quota`), None if never."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT learned FROM quota WHERE service = ? AND learned IS NOT NULL "
+                "ORDER BY day DESC LIMIT 1",
+                (service,),
+            ).fetchone()
+        return int(row[0]) if row else None
