@@ -181,6 +181,60 @@ def test_a_huge_retry_after_is_honoured_for_a_day_at_most() -> None:
     assert policy.next_attempt_at(1, transient("429", retry_after=7200.0)) == now + 7200.0
 
 
+class FakeTime:
+    """A clock that `sleep` moves on, and the sleeps it was asked for."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_a_retry_after_holds_back_every_request_to_the_service_not_only_the_one_it_answered() -> None:
+    time_ = FakeTime()
+    policy = RetryPolicy(RetrySettings(initial=0.001), clock=lambda: time_.now, sleep=time_.sleep)
+    slowed, _ = failing([transient("429", retry_after=5.0)])
+    assert policy.call(slowed, "upload 1", service="imageban:me", paused=lambda: False) == "ok"
+    assert time_.sleeps == [5.0]
+    time_.now -= 3.0  # another worker's upload, sent 2 s after the 429 arrived
+    other, calls = failing([])
+    assert policy.call(other, "upload 2", service="imageban:me", paused=lambda: False) == "ok"
+    assert time_.sleeps == [5.0, 3.0] and calls == [1]  # it waited for the rest of the 5 s
+    elsewhere, _ = failing([])
+    policy.call(elsewhere, "push", service="baidu", paused=lambda: False)  # another service: no wait
+    assert time_.sleeps == [5.0, 3.0]
+
+
+def test_a_retry_after_longer_than_a_quick_retry_defers_the_other_requests_unsent() -> None:
+    time_ = FakeTime()
+    policy = RetryPolicy(RetrySettings(), clock=lambda: time_.now, sleep=time_.sleep)
+    slowed, _ = failing([transient("429", retry_after=600.0)])
+    with pytest.raises(TransientError):
+        policy.call(slowed, "upload 1", service="imageban:me", paused=lambda: False)
+    other, calls = failing([])
+    with pytest.raises(TransientError) as caught:
+        policy.call(other, "upload 2", service="imageban:me", paused=lambda: False)
+    assert calls == [] and time_.sleeps == []
+    assert caught.value.retry_after == 600.0 and not caught.value.may_have_used_quota
+
+
+def test_no_quick_retry_once_the_service_is_paused() -> None:
+    time_ = FakeTime()
+    policy = RetryPolicy(RetrySettings(attempts=5), clock=lambda: time_.now, sleep=time_.sleep)
+    paused = [False]
+
+    def down() -> str:
+        paused[0] = True  # meanwhile another worker found the service down and paused it
+        raise transient()
+
+    with pytest.raises(TransientError):
+        policy.call(down, "upload", service="imageban:me", paused=lambda: paused[0])
+    assert time_.sleeps == []  # not tried again
+
+
 @pytest.mark.parametrize("attempt", [1, 2, 5, 20])
 def test_backoff_delay_equal_jitter(attempt: int) -> None:
     step = min(3600.0, 30.0 * 2 ** (attempt - 1))

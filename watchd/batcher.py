@@ -218,7 +218,12 @@ class BaiduBatcher:
             call = lambda: self.indexer.withdraw(keys)  # noqa: E731
         self.calls += 1
         try:
-            results = self.pipeline.retry.call(call, f"Baidu {action} of {len(rows)}")
+            results = self.pipeline.retry.call(
+                call,
+                f"Baidu {action} of {len(rows)}",
+                service=SERVICE,
+                paused=lambda: self.pipeline.paused_until(SERVICE) is not None,
+            )
         except ServiceError as exc:
             if quota is not None and not exc.may_have_used_quota:
                 self.quota.give_back(quota, len(ids))  # counted in `mark_sending`, refused or never sent

@@ -352,7 +352,13 @@ class Pipeline:
         host = self.hosts[rules.host]
         try:
             # Not idempotent: an upload that got no answer may be stored, so it waits for the backoff.
-            uploaded = self.retry.call(lambda: host.upload(request), f"upload of {path}", idempotent=False)
+            uploaded = self.retry.call(
+                lambda: host.upload(request),
+                f"upload of {path}",
+                service=quota.service,
+                paused=lambda: self.paused_until(quota.service) is not None,
+                idempotent=False,
+            )
         except ServiceError as exc:
             if not exc.may_have_used_quota:
                 quota.give_back(reservation)

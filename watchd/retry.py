@@ -48,6 +48,7 @@ def call_with_retry(
     sleep: Callable[[float], None] = time.sleep,
     describe: str = "",
     idempotent: bool = True,
+    keep_trying: Callable[[], bool] | None = None,
 ) -> T:
     """Return `fn()`, calling it up to `attempts` times while it raises `TransientError`.
 
@@ -58,7 +59,8 @@ def call_with_retry(
     `idempotent`, an error after which the service may have carried the request out
     (`TransientError.unanswered`) is raised at once too, with a WARNING saying so: an
     upload repeated then would be stored twice, while the caller's deferral comes after a
-    backoff long enough for a slow service to finish. Each retry is logged once at
+    backoff long enough for a slow service to finish. No retry is made once `keep_trying`
+    says False (the service was paused meanwhile). Each retry is logged once at
     WARNING, a success after retries once at INFO. Raise the last `TransientError` when
     attempts are exhausted; any other exception passes through at once.
     """
@@ -85,7 +87,8 @@ def call_with_retry(
     jitter = wait_random_exponential(multiplier=initial, max=maximum)
 
     def stop(state: RetryCallState) -> bool:
-        return state.attempt_number >= attempts or _retry_after(state) > maximum
+        paused = keep_trying is not None and not keep_trying()
+        return state.attempt_number >= attempts or _retry_after(state) > maximum or paused
 
     def wait(state: RetryCallState) -> float:
         return max(jitter(state), _retry_after(state))
@@ -192,6 +195,7 @@ class RetryPolicy:
         self._failures: Counter[str] = Counter()  # per service: items in a row that failed
         self._outages: Counter[str] = Counter()  # per service: outage pauses in a row
         self._paused_until: dict[str, float] = {}
+        self._not_before: dict[str, float] = {}  # per service: until when its Retry-After holds
 
     def note_failure(self, service: str, error: BaseException) -> float | None:
         """An item for `service` failed even after its quick retries. From the `OUTAGE_AFTER`th
@@ -213,19 +217,63 @@ class RetryPolicy:
             self._failures.pop(service, None)
             self._outages.pop(service, None)
 
-    def call(self, fn: Callable[[], T], describe: str, *, idempotent: bool = True) -> T:
-        """`fn()` with the quick retries of transient errors (`call_with_retry`); pass
-        `idempotent=False` for a request that must not be repeated when its answer is lost."""
+    def call(
+        self,
+        fn: Callable[[], T],
+        describe: str,
+        *,
+        service: str,
+        paused: Callable[[], bool],
+        idempotent: bool = True,
+    ) -> T:
+        """`fn()`, a request to `service`, with the quick retries of transient errors
+        (`call_with_retry`); pass `idempotent=False` for a request that must not be repeated
+        when its answer is lost.
+
+        A `Retry-After` holds back every request to the service until it has passed, not only
+        the one it answered: the other workers wait too (or, for a wait longer than the quick
+        retries allow, are deferred without sending). No quick retry is made once `paused`
+        says the service is (another worker found it down, out of quota or refusing the key).
+        """
         policy = self.settings
+
+        def attempt() -> T:
+            self._hold_back(service)
+            try:
+                return fn()
+            except TransientError as exc:
+                if exc.retry_after:
+                    until = self.clock() + min(exc.retry_after, MAX_RETRY_AFTER)
+                    with self._lock:
+                        self._not_before[service] = max(until, self._not_before.get(service, 0.0))
+                raise
+
         return call_with_retry(
-            fn,
+            attempt,
             attempts=policy.attempts,
             initial=policy.initial,
             maximum=policy.maximum,
             sleep=self.sleep,
             describe=describe,
             idempotent=idempotent,
+            keep_trying=lambda: not paused(),
         )
+
+    def _hold_back(self, service: str) -> None:
+        """Wait out the service's Retry-After, or if that is longer than a quick retry may
+        wait, raise without sending (nothing reached the service: no quota is used)."""
+        with self._lock:
+            wait = self._not_before.get(service, 0.0) - self.clock()
+        if wait <= 0:
+            return
+        if wait > self.settings.maximum:
+            raise TransientError(
+                f"asked to wait {wait:.0f} s more before the next request (Retry-After)",
+                service=service,
+                retry_after=wait,
+                reached=False,
+            )
+        self.sleep(wait)
 
     def next_attempt_at(self, attempt: int, error: BaseException | None = None) -> float:
         """When queued work that failed `attempt` rounds in a row is tried again: the jittered
