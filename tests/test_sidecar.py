@@ -19,7 +19,7 @@ from watchd.sidecar import (
     sidecar_path,
     write_atomic,
 )
-from watchd.templates import KNOWN_PLACEHOLDERS, file_context, render, url_context, validate
+from watchd.templates import KNOWN_PLACEHOLDERS, file_context, render, render_url, validate
 
 LINK = "https://i2.imageban.ru/out/2024/01/01/abc.png"
 SHORT = "http://ibn.im/i/JTXBeN4"
@@ -58,13 +58,16 @@ def test_file_context(tmp_path: Path) -> None:
         file_context(Path("/elsewhere/x.png"), tmp_path)
 
 
-def test_url_context_keeps_a_files_name_out_of_url_syntax(tmp_path: Path) -> None:
+def test_render_url_keeps_a_files_name_out_of_url_syntax(tmp_path: Path) -> None:
     context = file_context(tmp_path / "new & old" / "котик #1 50%20off?.png", tmp_path)
     context.update(link="https://i.example/a%20b.png?x=1", id="AbC1")
-    encoded = url_context(context)
-    assert encoded["relpath"] == "new%20&%20old/%D0%BA%D0%BE%D1%82%D0%B8%D0%BA%20%231%2050%2520off%3F.png"
-    assert encoded["folder"] == "new%20&%20old" and encoded["ext"] == "png"
-    assert (encoded["link"], encoded["id"]) == (context["link"], context["id"])  # URLs already
+    assert render_url("https://x/{relpath}", context) == (
+        "https://x/new%20&%20old/%D0%BA%D0%BE%D1%82%D0%B8%D0%BA%20%231%2050%2520off%3F.png"
+    )
+    assert render_url("https://x/{folder}/{stem}.{ext}?id={id}", context).startswith(
+        "https://x/new%20&%20old/"
+    )
+    assert render_url("{link}", context) == context["link"]  # a URL already
 
 
 def test_render_placeholders_and_literal_braces() -> None:

@@ -58,7 +58,7 @@ from watchd.sidecar import (
     write_atomic,
     written_for,
 )
-from watchd.templates import file_context, render, url_context
+from watchd.templates import file_context, render, render_url
 from watchd.templates import validate as template_fields
 
 log = logging.getLogger(__name__)
@@ -600,7 +600,7 @@ class Pipeline:
             id=row.baidu_id,
             title=make_title(render(rules.title, context), context["folder"]),
             objurl=encode_url(row.link or ""),
-            fromurl=encode_url(render(rules.fromurl, url_context(context))),
+            fromurl=encode_url(render_url(rules.fromurl, context)),
             edit_time=row.mtime_ns // 1_000_000_000,
             tags=tuple(rules.tags),
             copyright=rules.copyright,

@@ -78,11 +78,14 @@ def file_context(path: Path, folder_root: Path) -> dict[str, str]:
     }
 
 
-def url_context(context: Mapping[str, str]) -> dict[str, str]:
-    """`context` for a URL template (`fromurl`): the file placeholders percent-encoded as a
-    URL path, so a "#", "?" or "%" in a file's name stays part of the name ("50%20off.png"
-    is "50%2520off.png", not "50 off.png"); links and ids are URLs or plain already."""
-    return {
-        key: quote(value, safe=_PATH_SAFE) if key in FILE_PLACEHOLDERS else value
-        for key, value in context.items()
+def render_url(template: str, context: Mapping[str, str]) -> str:
+    """`render` for a URL template (`fromurl`): the file placeholders it uses are
+    percent-encoded as a URL path, so a "#", "?" or "%" in a file's name stays part of the
+    name ("50%20off.png" is "50%2520off.png", not "50 off.png"); links and ids are URLs or
+    plain already."""
+    encoded = {
+        field: quote(context[field], safe=_PATH_SAFE)
+        for field in validate(template)
+        if field in FILE_PLACEHOLDERS and field in context
     }
+    return render(template, {**context, **encoded} if encoded else context)
