@@ -693,3 +693,30 @@ def test_a_file_deleted_while_baidu_was_out_of_the_config_is_withdrawn_once_it_i
     assert len(emulator.baidu_index()) == 1
     assert run_cli("sync", "-c", str(with_baidu)).returncode == 0
     assert emulator.baidu_index() == {}
+
+
+def test_retry_submits_a_file_published_while_baidu_was_out_of_the_config(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    public = tmp_path / "public"
+    public.mkdir()
+    state = tmp_path / "state"
+    with_baidu = write_config(tmp_path / "with.yaml", emulator, [{"path": public}], state_dir=state)
+    without = write_config(
+        tmp_path / "without.yaml", emulator, [{"path": public}], state_dir=state, baidu=False
+    )
+    (public / "meanwhile.png").write_bytes(png(10, 10))
+    assert run_cli("sync", "-c", str(without)).returncode == 0
+    assert run_cli("sync", "-c", str(with_baidu)).returncode == 0
+    assert emulator.baidu_index() == {}, "not submitted on its own: the section was out on purpose"
+    retried = run_cli("retry", "-c", str(with_baidu), str(public / "meanwhile.png"))
+    assert retried.returncode == 0 and "queued for its first Baidu submission" in retried.stdout
+    assert run_cli("sync", "-c", str(with_baidu)).returncode == 0
+    (item_id,) = emulator.baidu_index()
+    assert [c.items[0]["extra"]["modify"] for c in pushes(emulator)] == ["0"]
+    assert (
+        json.loads(sidecar_of(public / "meanwhile.png").read_text(encoding="utf-8"))["baidu"]["id"] == item_id
+    )
+    again = run_cli("retry", "-c", str(with_baidu), str(public / "meanwhile.png"))
+    assert again.returncode == 1 and "nothing queued" in again.stderr  # submitted now: nothing to do
+    assert len(emulator.uploads()) == 1  # never uploaded twice

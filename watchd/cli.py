@@ -314,7 +314,8 @@ def _retry(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    with _journal(_settings(args, read_secrets=False)) as journal:
+    settings = _settings(args, read_secrets=False)
+    with _journal(settings) as journal:
         if args.failed:
             n = journal.retry_failed()
         else:
@@ -322,12 +323,30 @@ def _retry(args: argparse.Namespace) -> int:
             for path in args.paths:
                 row = journal.get(str(path.resolve()))  # as the journal holds it: folders are resolved
                 queued = journal.retry_file(row.id) if row is not None else 0
+                if not queued and row is not None and _never_submitted(settings, journal, row):
+                    journal.requeue_sidecar(row.id, row.size, row.mtime_ns)  # which builds its push
+                    print(f"{path}: queued for its first Baidu submission")
+                    queued = 1
                 if not queued:
                     print(f"{path}: nothing queued: {_why_not_retried(row)}", file=sys.stderr)
                     skipped += 1
                 n += queued
     print(f"{n} queued again; a running daemon picks them up, or run `watchd sync`")
     return 1 if not args.failed and skipped else 0
+
+
+def _never_submitted(settings: Settings, journal: Journal, row: FileRow) -> bool:
+    """A published file that Baidu never got, though its rules submit it now: published while
+    the `baidu:` section was out of the config, or its folder said `baidu: false` then."""
+    from watchd.rules import RuleFileError, RuleResolver
+
+    if row.state != DONE or row.path is None or settings.baidu is None or row.baidu_may_hold:
+        return False
+    try:
+        submits = RuleResolver(settings).rules_for(Path(row.path)).baidu
+    except RuleFileError:
+        return False
+    return submits and not journal.push_queued(row.id)
 
 
 def _why_not_retried(row: FileRow | None) -> str:
