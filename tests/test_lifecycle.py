@@ -427,8 +427,9 @@ def test_a_key_corrected_by_a_reload_while_uploads_with_the_old_one_are_in_fligh
             (folder / f"p{n}.png").write_bytes(png(10 + n, 10))
         wait_for(lambda: uploading(tmp_path / "s") >= 2, timeout=20)
         _reloaded(daemon, config, "sk-wrong", "sk-right")
-        wait_for(lambda: len(emulator.uploads()) == 6, timeout=30)
-        assert all(sidecar_of(folder / f"p{n}.png").exists() for n in range(6))
+        # An upload is stored a second (the latency) before its answer and sidecar: wait for those.
+        wait_for(lambda: all(sidecar_of(folder / f"p{n}.png").exists() for n in range(6)), timeout=30)
+        assert len(emulator.uploads()) == 6
         assert daemon.stop() == 0
 
 
