@@ -70,7 +70,10 @@ class Document:
         self.source = source
         self.lines: dict[Loc, int] = {(): 1}
         self._problems: list[tuple[int, str]] = []
-        loader = _Loader(text)
+        try:
+            loader = _Loader(text)  # its reader refuses control characters at once
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{source}: bad YAML: {_parser_text(str(exc))}"]) from exc
         try:
             node = loader.get_single_node()
             self.data: Any = loader.construct_document(node) if node is not None else None
