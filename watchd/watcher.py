@@ -47,7 +47,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyFullEmitter, InotifyObserver
 from watchdog.observers.inotify_c import InotifyConstants, Mask
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,9 @@ class FolderWatcher:
         interval = spec.poll_interval or default_poll_interval(spec.root)
         observer = self._polling.get(interval)
         if observer is None:
-            observer = self._polling[interval] = PollingObserver(timeout=interval)
+            # lstat, not stat: a directory link is not walked (a loop, or a way out of the folder)
+            observer = PollingObserverVFS(os.lstat, os.scandir, polling_interval=interval)
+            self._polling[interval] = observer
             observer.start()
         observer.schedule(self._handler, str(spec.root), recursive=spec.recursive)
         self.polled.append(spec.root)
