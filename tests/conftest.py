@@ -157,12 +157,12 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
 
 @pytest.fixture
 def read_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every read from a file opened with `Path.open` during the test."""
+    """The size of every read from a file opened with `os.fdopen` (as images are) during the test."""
     sizes: list[int] = []
-    real_open = Path.open
+    real_fdopen = os.fdopen
 
-    def spying_open(self: Path, *args: Any, **kwargs: Any) -> Any:
-        handle = real_open(self, *args, **kwargs)
+    def spying_fdopen(*args: Any, **kwargs: Any) -> Any:
+        handle = real_fdopen(*args, **kwargs)
         real_read = handle.read
 
         def read(n: int = -1) -> bytes:
@@ -173,7 +173,7 @@ def read_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         handle.read = read
         return handle
 
-    monkeypatch.setattr(Path, "open", spying_open)
+    monkeypatch.setattr(os, "fdopen", spying_fdopen)
     return sizes
 
 

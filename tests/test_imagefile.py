@@ -199,19 +199,33 @@ def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     # chmod 0 does not stop root (CI runs as root), so the refusal is simulated at open().
     path = write(tmp_path, "secret.png", imagegen.png(4, 4))
 
-    def refuse(self: Path, *args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(self))
+    real_open = os.open
 
-    monkeypatch.setattr(Path, "open", refuse)
+    def refuse(where: str, *args, **kwargs):
+        if where.endswith("secret.png"):
+            raise PermissionError(13, "Permission denied", where)
+        return real_open(where, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
     with pytest.raises(PermanentFileError, match=r"cannot read .*secret\.png: Permission denied; check"):
         inspect_image(path)
     with pytest.raises(PermanentFileError, match="Permission denied"):
         sha256_file(path)
 
 
-def test_directory_is_unreadable(tmp_path: Path) -> None:
-    with pytest.raises(PermanentFileError, match=r"cannot read .*: Is a directory"):
-        inspect_image(tmp_path)
+def test_a_directory_fifo_or_link_in_an_images_place_is_no_image_there(tmp_path: Path) -> None:
+    """Never read through (a link may lead out of the folder, a FIFO would block): gone."""
+    (tmp_path / "dir.png").mkdir()
+    os.mkfifo(tmp_path / "fifo.png")
+    outside = write(tmp_path, "outside", imagegen.png(4, 4))
+    (tmp_path / "link.png").symlink_to(outside)
+    (tmp_path / "album").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "album")  # a directory replaced by a link
+    write(tmp_path / "album", "in.png", imagegen.png(4, 4))
+    for name in ("dir.png", "fifo.png", "link.png", "linked/in.png"):
+        with pytest.raises(FileNotFoundError):
+            load_image(tmp_path / name)
+    assert load_image(tmp_path / "album" / "in.png").info.width == 4
 
 
 def test_missing_file_is_gone_not_unreadable(tmp_path: Path) -> None:

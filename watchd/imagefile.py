@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from watchd.errors import PermanentFileError
+from watchd.intree import open_regular
 
 # What ImageBan takes; .jfif is what Windows and browsers name some JPEGs.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif"})
@@ -172,7 +173,7 @@ def sha256_file(path: Path) -> str:
 def _opened(path: Path) -> Iterator[BinaryIO]:
     """Open for reading; the one place read errors become `PermanentFileError`."""
     try:
-        with path.open("rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:  # not through a symlink, nor a FIFO
             yield f
     except FileNotFoundError:
         raise

@@ -43,6 +43,7 @@ from watchd.imagefile import (
 )
 from watchd.indexers.baidu import encode_url, make_title, validate_push_item
 from watchd.indexers.base import PushItem
+from watchd.intree import in_real_directory
 from watchd.journal import FileRow, Journal, UploadResult
 from watchd.quota import QuotaGate
 from watchd.retry import RetryPolicy
@@ -163,7 +164,7 @@ class Pipeline:
             return Intake.IGNORED
         except OSError as exc:
             return self._reject(path, root, None, f"cannot read {path}: {exc.strerror}; fix its permissions")
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(info.st_mode) or not in_real_directory(path):  # reached through a link
             return Intake.IGNORED
         if row is not None and row.missing_since is not None:
             self.journal.mark_missing(row.id, None)

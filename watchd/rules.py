@@ -19,8 +19,10 @@ directory.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,10 +40,12 @@ from watchd.config import (
     parse_rules,
 )
 from watchd.errors import ConfigError, display_url
+from watchd.intree import open_regular
 
 log = logging.getLogger(__name__)
 
 RULE_FILE_NAME = ".watchd.yaml"
+RULE_FILE_MAX = 64 * 1024  # bytes; a few hundred make a rich rule file
 MAX_RESOLVED_DIRECTORIES = 4096  # directories whose merged rules are kept; memory stays small
 _T = TypeVar("_T")
 
@@ -240,13 +244,22 @@ class RuleResolver:
     def _key(self, rule_file: Path) -> _Key | None:
         """What tells `rule_file` changed: its (mtime_ns, size); None if there is none."""
         try:
-            info = os.stat(rule_file)
+            info = os.lstat(rule_file)
         except (FileNotFoundError, NotADirectoryError):
             with self._lock:
                 self._cache.pop(rule_file, None)
             return None
         except OSError as exc:
             raise RuleFileError(rule_file, [f"{rule_file}: cannot read: {exc.strerror}"]) from exc
+        if not stat.S_ISREG(info.st_mode):
+            what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a plain file"
+            raise RuleFileError(
+                rule_file,
+                [
+                    f"{rule_file}: {what}; a rule file must be a plain file (a link could lead to any "
+                    "file watchd can read): copy the rules into it"
+                ],
+            )
         return (info.st_mtime_ns, info.st_size)
 
     def _load(self, rule_file: Path, key: _Key) -> Rules | None:
@@ -263,7 +276,7 @@ class RuleResolver:
 
     def _parse(self, rule_file: Path, key: _Key) -> _Cached:
         try:
-            text = rule_file.read_text(encoding="utf-8")
+            text = _read_rule_file(rule_file)
             rules = parse_rules(text, str(rule_file), self.settings.hosts)
         except ConfigError as exc:
             return _Cached(key, None, exc.problems)
@@ -273,6 +286,24 @@ class RuleResolver:
         if (notice := baidu_in_vain(rule_file, text, rules, self.settings)) is not None:
             self._warn(notice)
         return _Cached(key, rules, [])
+
+
+def _read_rule_file(rule_file: Path) -> str:
+    """The text of a rule file: a plain file in the folder (see `open_regular`) of at most
+    `RULE_FILE_MAX` bytes, so a giant file cannot fill memory nor stall the loop reading it."""
+    try:
+        fd = open_regular(rule_file)
+    except FileNotFoundError as exc:
+        raise OSError(
+            errno.ENOENT, f"{exc.strerror}; a rule file must be a plain file in the folder"
+        ) from exc
+    try:
+        data = os.read(fd, RULE_FILE_MAX + 1)
+    finally:
+        os.close(fd)
+    if len(data) > RULE_FILE_MAX:
+        raise OSError(errno.EFBIG, f"larger than {RULE_FILE_MAX // 1024} KiB, too large for a rule file")
+    return data.decode("utf-8")
 
 
 def _rule_files(folder: FolderSettings, directory: Path) -> list[Path]:

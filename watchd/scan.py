@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from watchd.intree import in_real_directory
 from watchd.journal import DONE, Journal
 from watchd.sidecar import TEMP_MARKER, remove_stale_temp
 
@@ -32,10 +33,11 @@ class Difference:
 
 
 def is_regular_file(path: str) -> bool:
-    """Whether an image can be at `path`: a regular file, not followed if a symlink. What else
-    took a vanished image's place (a directory of its name, a link) does not bring it back."""
+    """Whether an image can be at `path`: a regular file, not followed if a symlink, in a
+    directory no symlink leads to (`in_real_directory`). What else took a vanished image's
+    place (a directory of its name, a link, a link to a directory) does not bring it back."""
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
+        return stat.S_ISREG(os.lstat(path).st_mode) and in_real_directory(path)
     except OSError:
         return False
 

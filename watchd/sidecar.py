@@ -9,17 +9,19 @@ never touched here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import html
 import itertools
 import json
 import os
 import re
-import stat
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from watchd.intree import in_real_directory, open_regular
 from watchd.templates import render
 
 TEMP_MARKER = ".watchd-tmp-"
@@ -151,8 +153,9 @@ def write_atomic(path: Path, text: str) -> None:
     existing sidecar untouched; a temp file left by a killed process is removed by
     `remove_stale_temp` during reconciliation.
     """
-    tmp = path.parent / _temp_name(path.name, f"{TEMP_MARKER}{os.getpid()}-{next(_temp_numbers)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, SIDECAR_MODE)
+    if not in_real_directory(path):
+        raise FileNotFoundError(errno.ENOENT, "a directory on its way is now a symbolic link", str(path))
+    fd, tmp = _create_temp(path)
     try:
         try:
             os.fchmod(fd, SIDECAR_MODE)  # whatever the umask
@@ -167,6 +170,21 @@ def write_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new temp file next to `path`, opened for writing. Created, never opened if it
+    exists: a file planted under the name (a FIFO that would block the write, a hard link to
+    another file that it would overwrite) is passed over for the next name."""
+    for _attempt in range(100):
+        suffix = f"{TEMP_MARKER}{os.getpid()}-{next(_temp_numbers)}-{secrets.token_hex(4)}"
+        tmp = path.parent / _temp_name(path.name, suffix)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            return os.open(tmp, flags, SIDECAR_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temp file name next to it", str(path))
 
 
 def _temp_name(name: str, suffix: str) -> str:
@@ -215,12 +233,10 @@ def written_for(
     `sha256` of the original called `name`: a regular file (a link is never followed) holding,
     in json, that record; in any other format, `link` itself."""
     try:
-        fd = os.open(sidecar, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_regular(sidecar)
     except OSError:
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
         data = os.read(fd, SIDECAR_MAX + 1)
     except OSError:
         return False
@@ -242,7 +258,11 @@ def written_for(
 
 
 def remove_sidecar(path: Path) -> bool:
-    """Delete a sidecar; return False if it was already gone. Other OS errors propagate."""
+    """Delete a sidecar; return False if it was already gone, or is no longer in the watched
+    tree (a directory on its way is now a symlink: what it leads to is not watchd's). Other OS
+    errors propagate."""
+    if not in_real_directory(path):
+        return False
     try:
         path.unlink()
     except FileNotFoundError:
