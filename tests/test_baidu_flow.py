@@ -675,9 +675,8 @@ def test_a_file_found_while_sync_drains_baidu_is_pushed_before_sync_ends(
     ]
 
 
-def test_a_file_deleted_while_baidu_was_out_of_the_config_is_withdrawn_once_it_is_back(
-    tmp_path: Path, emulator: Emulator
-) -> None:
+def _configs_with_and_without_baidu(tmp_path: Path, emulator: Emulator) -> tuple[Path, Path, Path]:
+    """A folder, and two configs of it sharing one journal: with the `baidu:` section, and without."""
     public = tmp_path / "public"
     public.mkdir()
     state = tmp_path / "state"
@@ -685,6 +684,13 @@ def test_a_file_deleted_while_baidu_was_out_of_the_config_is_withdrawn_once_it_i
     without = write_config(
         tmp_path / "without.yaml", emulator, [{"path": public}], state_dir=state, baidu=False
     )
+    return public, with_baidu, without
+
+
+def test_a_file_deleted_while_baidu_was_out_of_the_config_is_withdrawn_once_it_is_back(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    public, with_baidu, without = _configs_with_and_without_baidu(tmp_path, emulator)
     (public / "gone.png").write_bytes(png(10, 10))
     assert run_cli("sync", "-c", str(with_baidu)).returncode == 0
     assert len(emulator.baidu_index()) == 1
@@ -698,13 +704,7 @@ def test_a_file_deleted_while_baidu_was_out_of_the_config_is_withdrawn_once_it_i
 def test_retry_submits_a_file_published_while_baidu_was_out_of_the_config(
     tmp_path: Path, emulator: Emulator
 ) -> None:
-    public = tmp_path / "public"
-    public.mkdir()
-    state = tmp_path / "state"
-    with_baidu = write_config(tmp_path / "with.yaml", emulator, [{"path": public}], state_dir=state)
-    without = write_config(
-        tmp_path / "without.yaml", emulator, [{"path": public}], state_dir=state, baidu=False
-    )
+    public, with_baidu, without = _configs_with_and_without_baidu(tmp_path, emulator)
     (public / "meanwhile.png").write_bytes(png(10, 10))
     assert run_cli("sync", "-c", str(without)).returncode == 0
     assert run_cli("sync", "-c", str(with_baidu)).returncode == 0
