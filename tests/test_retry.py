@@ -235,6 +235,21 @@ def test_no_quick_retry_once_the_service_is_paused() -> None:
     assert time_.sleeps == []  # not tried again
 
 
+def test_a_quick_retry_that_wakes_up_to_a_pause_or_a_stop_is_not_made() -> None:
+    time_ = FakeTime()
+    paused = [False]
+
+    def sleep(seconds: float) -> None:
+        time_.sleep(seconds)
+        paused[0] = True  # while it slept, another worker paused the service, or watchd is stopping
+
+    policy = RetryPolicy(RetrySettings(attempts=5), clock=lambda: time_.now, sleep=sleep)
+    fn, calls = failing([transient("503"), transient("503")])
+    with pytest.raises(TransientError) as caught:
+        policy.call(fn, "upload", service="imageban:me", paused=lambda: paused[0])
+    assert calls == [1] and len(time_.sleeps) == 1 and caught.value.code == "503"
+
+
 @pytest.mark.parametrize("attempt", [1, 2, 5, 20])
 def test_backoff_delay_equal_jitter(attempt: int) -> None:
     step = min(3600.0, 30.0 * 2 ** (attempt - 1))

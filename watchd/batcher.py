@@ -222,7 +222,7 @@ class BaiduBatcher:
                 call,
                 f"Baidu {action} of {len(rows)}",
                 service=SERVICE,
-                paused=lambda: self.pipeline.paused_until(SERVICE) is not None,
+                paused=lambda: self._stop.is_set() or self.pipeline.paused_until(SERVICE) is not None,
             )
         except ServiceError as exc:
             if quota is not None and not exc.may_have_used_quota:

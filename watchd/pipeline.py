@@ -357,7 +357,7 @@ class Pipeline:
                 lambda: host.upload(request),
                 f"upload of {path}",
                 service=quota.service,
-                paused=lambda: self.paused_until(quota.service) is not None,
+                paused=lambda: self.stopping() or self.paused_until(quota.service) is not None,
                 idempotent=False,
             )
         except ServiceError as exc:

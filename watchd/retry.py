@@ -71,14 +71,23 @@ def call_with_retry(
         if not _repeatable(exc, idempotent, what) or attempts <= 1 or (exc.retry_after or 0.0) > maximum:
             raise
         first_failure: TransientError | None = exc
+        last_failure: TransientError = exc
 
     def again() -> T:
-        """`fn`, except that the first attempt is the failure that already happened."""
-        nonlocal first_failure
+        """`fn`, except that the first attempt is the failure that already happened, and none
+        is made once `keep_trying` says no (the service was paused, or watchd is stopping,
+        while this retry slept)."""
+        nonlocal first_failure, last_failure
         if first_failure is not None:
             failure, first_failure = first_failure, None
             raise failure
-        return fn()
+        if keep_trying is not None and not keep_trying():
+            raise _GaveUp(last_failure)
+        try:
+            return fn()
+        except TransientError as failure:
+            last_failure = failure
+            raise
 
     # Only now: a first success (nearly every call) never needs tenacity, and importing it
     # costs ~50 ms of every `watchd sync`'s start-up.
@@ -116,11 +125,22 @@ def call_with_retry(
         before_sleep=log_retry,
         reraise=True,
     )
-    result = retrying(again)
+    try:
+        result = retrying(again)
+    except _GaveUp as gave_up:
+        raise gave_up.failure from None
     tries = retrying.statistics.get("attempt_number", 1)
     if tries > 1:
         log.info("%s: succeeded on attempt %d/%d", what, tries, attempts)
     return result
+
+
+class _GaveUp(Exception):
+    """No retry was made after all (see `call_with_retry`): `failure` is what to raise."""
+
+    def __init__(self, failure: TransientError) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
 
 
 def backoff_delay(attempt: int, *, initial: float = 30.0, maximum: float = 3600.0) -> float:
@@ -233,12 +253,13 @@ class RetryPolicy:
         A `Retry-After` holds back every request to the service until it has passed, not only
         the one it answered: the other workers wait too (or, for a wait longer than the quick
         retries allow, are deferred without sending). No quick retry is made once `paused`
-        says the service is (another worker found it down, out of quota or refusing the key).
+        says the service is (another worker found it down, out of quota or refusing the key),
+        not even one that was already waiting to be made.
         """
         policy = self.settings
 
         def attempt() -> T:
-            self._hold_back(service)
+            self._hold_back(service, paused)
             try:
                 return fn()
             except TransientError as exc:
@@ -259,9 +280,10 @@ class RetryPolicy:
             keep_trying=lambda: not paused(),
         )
 
-    def _hold_back(self, service: str) -> None:
+    def _hold_back(self, service: str, paused: Callable[[], bool]) -> None:
         """Wait out the service's Retry-After, or if that is longer than a quick retry may
-        wait, raise without sending (nothing reached the service: no quota is used)."""
+        wait, or the service was `paused` meanwhile, raise without sending (nothing reached
+        the service: no quota is used)."""
         with self._lock:
             wait = self._not_before.get(service, 0.0) - self.clock()
         if wait <= 0:
@@ -274,6 +296,8 @@ class RetryPolicy:
                 reached=False,
             )
         self.sleep(wait)
+        if paused():
+            raise TransientError("paused while waiting for its Retry-After", service=service, reached=False)
 
     def next_attempt_at(self, attempt: int, error: BaseException | None = None) -> float:
         """When queued work that failed `attempt` rounds in a row is tried again: the jittered
