@@ -5,17 +5,21 @@ security audit; the real daemon and `watchd sync`, real files, the emulator on l
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import StartDaemon, run_cli, sidecar_of, wait_for, write_config
 from tests.imagegen import png
+from watchd import intree
 from watchd import sidecar as sidecar_module
 from watchd.emulator import Emulator
+from watchd.imagefile import load_image
 from watchd.sidecar import write_atomic
 
 
@@ -123,3 +127,48 @@ def test_a_file_planted_at_a_temp_files_name_is_passed_over_never_opened(
     os.mkfifo(planted)  # opened for writing, it would block until someone reads
     write_atomic(target, "text\n")
     assert target.read_text() == "text\n" and planted.exists()
+
+
+def _swap_for_a_link(album: Path, away: Path, victim: Path) -> None:
+    album.rename(away)
+    album.symlink_to(victim)
+
+
+def test_a_directory_swapped_for_a_symlink_midway_is_still_the_one_written_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No check-then-act: the directory is held by a descriptor from the start."""
+    album, victim = tmp_path / "w" / "album", tmp_path / "victim"
+    album.mkdir(parents=True)
+    victim.mkdir()
+    create_temp = sidecar_module._create_temp
+
+    def create_then_swap(name: str, directory: int) -> tuple[int, str]:
+        created = create_temp(name, directory)
+        _swap_for_a_link(album, tmp_path / "away", victim)  # between the temp file and its rename
+        return created
+
+    monkeypatch.setattr(sidecar_module, "_create_temp", create_then_swap)
+    write_atomic(album / "cat.png.link.json", "text\n")
+    assert os.listdir(victim) == []
+    assert (tmp_path / "away" / "cat.png.link.json").read_text() == "text\n"
+
+
+def test_an_image_is_read_from_its_directory_not_through_a_link_swapped_in_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    album, victim = tmp_path / "w" / "album", tmp_path / "victim"
+    album.mkdir(parents=True)
+    victim.mkdir()
+    (album / "x.png").write_bytes(png(3, 3))
+    (victim / "x.png").write_bytes(png(7, 7))
+    real_directory = intree.real_directory
+
+    @contextlib.contextmanager
+    def held_then_swapped(path: str) -> Iterator[int]:
+        with real_directory(path) as directory:
+            _swap_for_a_link(album, tmp_path / "away", victim)  # after the walk, before the open
+            yield directory
+
+    monkeypatch.setattr(intree, "real_directory", held_then_swapped)
+    assert load_image(album / "x.png").info.width == 3  # the file it found, not the victim's

@@ -211,9 +211,11 @@ def test_failed_rename_keeps_the_old_sidecar_and_removes_the_temp(
     write_atomic(target, "old\n")
     seen: list[str] = []
 
-    def failing_replace(src: str, dst: object) -> None:
-        seen.append(os.path.basename(src))
-        assert os.path.exists(src)  # the temp file was fully written before the rename
+    def failing_replace(src: str, dst: object, *, src_dir_fd: int, dst_dir_fd: int) -> None:
+        seen.append(src)
+        assert (
+            os.stat(src, dir_fd=src_dir_fd).st_size == 4
+        )  # the temp file was fully written before the rename
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(sidecar_module.os, "replace", failing_replace)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from watchd.intree import in_real_directory, open_regular
+from watchd.intree import open_regular, real_directory
 from watchd.templates import render
 
 TEMP_MARKER = ".watchd-tmp-"
@@ -145,46 +145,46 @@ def render_sidecar(fmt: str, record: SidecarRecord) -> str:
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` (UTF-8, mode 0644) so readers never see a partial file.
 
-    The text goes to `.{name}.watchd-tmp-{pid}-{n}` in the same directory (`n` counts this
-    process's writes, so concurrent writers never share a name), is written in one call
-    and fsynced, then renamed over `path`. The directory itself is not fsynced: if a
+    The text goes to `.{name}.watchd-tmp-{pid}-{n}-{random}` in the same directory, created
+    there (see `_create_temp`) through a descriptor of the directory (`real_directory`: not
+    through a symlink that replaced it), is written in one call and fsynced, then renamed
+    over `path`. The directory itself is not fsynced: if a
     power cut loses the rename, reconciliation finds the sidecar missing and writes it
     again. On any failure the temp file is removed and the error propagates, leaving an
     existing sidecar untouched; a temp file left by a killed process is removed by
     `remove_stale_temp` during reconciliation.
     """
-    if not in_real_directory(path):
-        raise FileNotFoundError(errno.ENOENT, "a directory on its way is now a symbolic link", str(path))
-    fd, tmp = _create_temp(path)
-    try:
+    with real_directory(path) as directory:
+        fd, tmp = _create_temp(path.name, directory)
         try:
-            os.fchmod(fd, SIDECAR_MODE)  # whatever the umask
-            data = text.encode("utf-8")
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+            try:
+                os.fchmod(fd, SIDECAR_MODE)  # whatever the umask
+                data = text.encode("utf-8")
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=directory)
+            raise
 
 
-def _create_temp(path: Path) -> tuple[int, Path]:
-    """A new temp file next to `path`, opened for writing. Created, never opened if it
-    exists: a file planted under the name (a FIFO that would block the write, a hard link to
-    another file that it would overwrite) is passed over for the next name."""
+def _create_temp(name: str, directory: int) -> tuple[int, str]:
+    """A new temp file for the sidecar `name` in `directory` (a descriptor), opened for
+    writing, and its name. Created, never opened if it exists: a file planted under the name
+    (a FIFO that would block the write, a hard link to another file that it would overwrite)
+    is passed over for the next name."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _attempt in range(100):
-        suffix = f"{TEMP_MARKER}{os.getpid()}-{next(_temp_numbers)}-{secrets.token_hex(4)}"
-        tmp = path.parent / _temp_name(path.name, suffix)
+        tmp = _temp_name(name, f"{TEMP_MARKER}{os.getpid()}-{next(_temp_numbers)}-{secrets.token_hex(4)}")
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            return os.open(tmp, flags, SIDECAR_MODE), tmp
+            return os.open(tmp, flags, SIDECAR_MODE, dir_fd=directory), tmp
         except FileExistsError:
             continue
-    raise FileExistsError(errno.EEXIST, "no free temp file name next to it", str(path))
+    raise FileExistsError(errno.EEXIST, "no free temp file name next to it", name)
 
 
 def _temp_name(name: str, suffix: str) -> str:
@@ -210,8 +210,8 @@ def remove_stale_temp(path: str) -> bool:
         return False
     if pid == os.getpid() or _process_alive(pid):
         return False
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    with contextlib.suppress(FileNotFoundError), real_directory(path) as directory:
+        os.unlink(os.path.basename(path), dir_fd=directory)
     return True
 
 
@@ -261,10 +261,9 @@ def remove_sidecar(path: Path) -> bool:
     """Delete a sidecar; return False if it was already gone, or is no longer in the watched
     tree (a directory on its way is now a symlink: what it leads to is not watchd's). Other OS
     errors propagate."""
-    if not in_real_directory(path):
-        return False
     try:
-        path.unlink()
+        with real_directory(path) as directory:
+            os.unlink(path.name, dir_fd=directory)
     except FileNotFoundError:
         return False
     return True
