@@ -102,7 +102,7 @@ def test_a_files_name_in_fromurl_is_percent_encoded_as_text_not_read_as_url_synt
     assert run_cli("sync", "-c", str(config)).returncode == 0
     (item,) = pushes(emulator)[0].items
     assert item["fromurl"] == (
-        "https://example.com/new%20&%20old/%D0%BA%D0%BE%D1%82%D0%B8%D0%BA%20%231%2050%2520off.png?from=watchd"
+        "https://example.com/new%20%26%20old/%D0%BA%D0%BE%D1%82%D0%B8%D0%BA%20%231%2050%2520off.png?from=watchd"
     )
 
 

@@ -62,10 +62,10 @@ def test_render_url_keeps_a_files_name_out_of_url_syntax(tmp_path: Path) -> None
     context = file_context(tmp_path / "new & old" / "котик #1 50%20off?.png", tmp_path)
     context.update(link="https://i.example/a%20b.png?x=1", id="AbC1")
     assert render_url("https://x/{relpath}", context) == (
-        "https://x/new%20&%20old/%D0%BA%D0%BE%D1%82%D0%B8%D0%BA%20%231%2050%2520off%3F.png"
+        "https://x/new%20%26%20old/%D0%BA%D0%BE%D1%82%D0%B8%D0%BA%20%231%2050%2520off%3F.png"
     )
     assert render_url("https://x/{folder}/{stem}.{ext}?id={id}", context).startswith(
-        "https://x/new%20&%20old/"
+        "https://x/new%20%26%20old/"
     )
     assert render_url("{link}", context) == context["link"]  # a URL already
 

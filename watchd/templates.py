@@ -19,8 +19,9 @@ KNOWN_PLACEHOLDERS: frozenset[str] = frozenset(
 
 # The placeholders `file_context` fills from a file's name and place: text, not URL syntax.
 FILE_PLACEHOLDERS: frozenset[str] = frozenset({"name", "stem", "ext", "folder", "relpath"})
-# What may stay as it is in a URL path (RFC 3986 `pchar`, and "/" between segments).
-_PATH_SAFE = "/!$&'()*+,;=:@~"
+# What may stay as it is, in a URL's path or in its query: "/" between segments, and the
+# characters that mean nothing in either ("&", "=", "+", ";" and "," split a query: encoded).
+_PATH_SAFE = "/!$'()*:@~"
 
 _FORMATTER = string.Formatter()
 
@@ -80,9 +81,9 @@ def file_context(path: Path, folder_root: Path) -> dict[str, str]:
 
 def render_url(template: str, context: Mapping[str, str]) -> str:
     """`render` for a URL template (`fromurl`): the file placeholders it uses are
-    percent-encoded as a URL path, so a "#", "?" or "%" in a file's name stays part of the
-    name ("50%20off.png" is "50%2520off.png", not "50 off.png"); links and ids are URLs or
-    plain already."""
+    percent-encoded to stand in a URL's path or query, so a "#", "?", "&" or "%" in a file's
+    name stays part of the name ("50%20off.png" is "50%2520off.png", not "50 off.png");
+    links and ids are URLs or plain already."""
     encoded = {
         field: quote(context[field], safe=_PATH_SAFE)
         for field in validate(template)
