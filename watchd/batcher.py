@@ -240,10 +240,7 @@ class BaiduBatcher:
             if refused:
                 self.quota.give_back(quota, len(refused))
                 self.journal.pushes_refused([i for i in refused if i not in modifies])
-        self._record(action, rows, results)
-        taken = sum(
-            1 for result in results if result.error is None or isinstance(result.error, AlreadyDoneError)
-        )
+        taken = self._record(action, rows, results)
         if action == "push" and not self.room.taken(taken):
             learned = (
                 f"Baidu's daily quota of {self.room.learned} images (learned from its answers) is used up"
@@ -278,7 +275,8 @@ class BaiduBatcher:
             if isinstance(exc, TransientError) and not self.pipeline.superseded:
                 self.pipeline.note_transient_failure(SERVICE, exc)
 
-    def _record(self, action: str, rows: list[OutboxRow], results: list[ItemResult]) -> None:
+    def _record(self, action: str, rows: list[OutboxRow], results: list[ItemResult]) -> int:
+        """Record a call's results; returns how many of its items Baidu took (or had)."""
         when = utc_now()
         accepted = [
             row
@@ -318,6 +316,7 @@ class BaiduBatcher:
                 retry_at = self.pipeline.retry.next_attempt_at(row.attempts + 1, error)
                 self.journal.outbox_retry([row.id], str(error), retry_at)
         log.info("Baidu %s: %d of %d items accepted", action, len(accepted), len(rows))
+        return len(accepted)
 
     def _catch_up_sidecars(self, now: float) -> float:
         """Retry the sidecar refreshes due at `now`; returns the seconds until the next is due."""
