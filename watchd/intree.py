@@ -7,8 +7,8 @@ the tree through it. So files are read, written and removed through `real_direct
 descriptor of their directory reached one name at a time without following a symlink,
 which stays on that directory whatever is renamed meanwhile (a check of the path and then
 an open by path could be raced). `open_regular` also refuses a symlink, a FIFO (whose open
-would block for ever) or a device in a file's place; `in_real_directory` answers the same
-question for decisions that open nothing.
+would block for ever) or a device in a file's place, and `read_regular` reads a small one
+so; `in_real_directory` asks the same of a path for decisions that open nothing.
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ _LINKED = "a directory on its way is now a symbolic link"
 
 
 def in_real_directory(path: str | os.PathLike[str]) -> bool:
-    """Whether `path`'s directory is reached without a symlink: its real path is itself."""
-    parent = os.path.dirname(os.fspath(path))
-    return os.path.realpath(parent) == parent
+    """Whether `path`'s directory is there and reached without a symlink (`real_directory`)."""
+    try:
+        with real_directory(path):
+            return True
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -69,3 +72,16 @@ def open_regular(path: str | os.PathLike[str]) -> int:
         os.close(fd)
         raise FileNotFoundError(errno.ENOENT, "not a regular file (a FIFO, socket or device)", where)
     return fd
+
+
+def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The content of `path`, opened by `open_regular`, if it holds at most `limit` bytes;
+    `OSError(EFBIG)` if it holds more, of which no more than `limit` + 1 are read."""
+    fd = open_regular(path)
+    try:
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB", os.fspath(path))
+    return data

@@ -40,7 +40,7 @@ from watchd.config import (
     parse_rules,
 )
 from watchd.errors import ConfigError, display_url
-from watchd.intree import open_regular
+from watchd.intree import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -292,17 +292,11 @@ def _read_rule_file(rule_file: Path) -> str:
     """The text of a rule file: a plain file in the folder (see `open_regular`) of at most
     `RULE_FILE_MAX` bytes, so a giant file cannot fill memory nor stall the loop reading it."""
     try:
-        fd = open_regular(rule_file)
+        data = read_regular(rule_file, RULE_FILE_MAX)
     except FileNotFoundError as exc:
         raise OSError(
             errno.ENOENT, f"{exc.strerror}; a rule file must be a plain file in the folder"
         ) from exc
-    try:
-        data = os.read(fd, RULE_FILE_MAX + 1)
-    finally:
-        os.close(fd)
-    if len(data) > RULE_FILE_MAX:
-        raise OSError(errno.EFBIG, f"larger than {RULE_FILE_MAX // 1024} KiB, too large for a rule file")
     return data.decode("utf-8")
 
 

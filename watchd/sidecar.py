@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from watchd.intree import open_regular, real_directory
+from watchd.intree import read_regular, real_directory
 from watchd.templates import render
 
 TEMP_MARKER = ".watchd-tmp-"
@@ -233,16 +233,8 @@ def written_for(
     `sha256` of the original called `name`: a regular file (a link is never followed) holding,
     in json, that record; in any other format, `link` itself."""
     try:
-        fd = open_regular(sidecar)
-    except OSError:
-        return False
-    try:
-        data = os.read(fd, SIDECAR_MAX + 1)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    if len(data) > SIDECAR_MAX:
+        data = read_regular(sidecar, SIDECAR_MAX)
+    except OSError:  # gone, not a plain file in the folder, or too large to be a sidecar
         return False
     if fmt != "json":
         return link is not None and link in data.decode("utf-8", errors="replace")
