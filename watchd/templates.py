@@ -21,7 +21,7 @@ KNOWN_PLACEHOLDERS: frozenset[str] = frozenset(
 FILE_PLACEHOLDERS: frozenset[str] = frozenset({"name", "stem", "ext", "folder", "relpath"})
 # What may stay as it is, in a URL's path or in its query: "/" between segments, and the
 # characters that mean nothing in either ("&", "=", "+", ";" and "," split a query: encoded).
-_PATH_SAFE = "/!$'()*:@~"
+_URL_TEXT_SAFE = "/!$'()*:@~"
 
 _FORMATTER = string.Formatter()
 
@@ -85,7 +85,7 @@ def render_url(template: str, context: Mapping[str, str]) -> str:
     name stays part of the name ("50%20off.png" is "50%2520off.png", not "50 off.png");
     links and ids are URLs or plain already."""
     encoded = {
-        field: quote(context[field], safe=_PATH_SAFE)
+        field: quote(context[field], safe=_URL_TEXT_SAFE)
         for field in validate(template)
         if field in FILE_PLACEHOLDERS and field in context
     }
