@@ -9,7 +9,7 @@ import contextlib
 import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -129,23 +129,30 @@ def test_a_file_planted_at_a_temp_files_name_is_passed_over_never_opened(
     assert target.read_text() == "text\n" and planted.exists()
 
 
-def _swap_for_a_link(album: Path, away: Path, victim: Path) -> None:
-    album.rename(away)
-    album.symlink_to(victim)
+def _album_and_victim(tmp_path: Path) -> tuple[Path, Path, Callable[[], None]]:
+    """A watched album, a directory outside, and what swaps the album for a link to it
+    (the album itself is moved to `tmp_path / "away"`)."""
+    album, victim = tmp_path / "w" / "album", tmp_path / "victim"
+    album.mkdir(parents=True)
+    victim.mkdir()
+
+    def swap() -> None:
+        album.rename(tmp_path / "away")
+        album.symlink_to(victim)
+
+    return album, victim, swap
 
 
 def test_a_directory_swapped_for_a_symlink_midway_is_still_the_one_written_to(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No check-then-act: the directory is held by a descriptor from the start."""
-    album, victim = tmp_path / "w" / "album", tmp_path / "victim"
-    album.mkdir(parents=True)
-    victim.mkdir()
+    album, victim, swap = _album_and_victim(tmp_path)
     create_temp = sidecar_module._create_temp
 
     def create_then_swap(name: str, directory: int) -> tuple[int, str]:
         created = create_temp(name, directory)
-        _swap_for_a_link(album, tmp_path / "away", victim)  # between the temp file and its rename
+        swap()  # between the temp file and its rename
         return created
 
     monkeypatch.setattr(sidecar_module, "_create_temp", create_then_swap)
@@ -157,9 +164,7 @@ def test_a_directory_swapped_for_a_symlink_midway_is_still_the_one_written_to(
 def test_an_image_is_read_from_its_directory_not_through_a_link_swapped_in_meanwhile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    album, victim = tmp_path / "w" / "album", tmp_path / "victim"
-    album.mkdir(parents=True)
-    victim.mkdir()
+    album, victim, swap = _album_and_victim(tmp_path)
     (album / "x.png").write_bytes(png(3, 3))
     (victim / "x.png").write_bytes(png(7, 7))
     real_directory = intree.real_directory
@@ -167,7 +172,7 @@ def test_an_image_is_read_from_its_directory_not_through_a_link_swapped_in_meanw
     @contextlib.contextmanager
     def held_then_swapped(path: str) -> Iterator[int]:
         with real_directory(path) as directory:
-            _swap_for_a_link(album, tmp_path / "away", victim)  # after the walk, before the open
+            swap()  # after the walk, before the open
             yield directory
 
     monkeypatch.setattr(intree, "real_directory", held_then_swapped)
